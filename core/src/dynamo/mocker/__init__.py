@@ -1,0 +1,1 @@
+"""The built-in mocker engine (simulated, no GPU); see ``engine.py``."""

@@ -1,0 +1,1 @@
+"""The distributed runtime: naming, settings, discovery, request plane, event plane."""

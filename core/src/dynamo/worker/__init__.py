@@ -1,0 +1,1 @@
+"""The worker host: ``python -m dynamo.worker --engine NAME``."""

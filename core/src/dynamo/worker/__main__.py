@@ -1,0 +1,3 @@
+from dynamo.worker.main import main
+
+main()

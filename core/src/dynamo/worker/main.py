@@ -1,0 +1,107 @@
+"""``python -m dynamo.worker --engine NAME [flags] [engine flags]``: host one engine.
+
+Flags this host does not know are passed to the engine's own parser untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from dynamo.plugin.engine import EngineContext
+from dynamo.plugin.errors import PluginError
+from dynamo.plugin.manager import plugin_manager
+from dynamo.runtime.logging import configure_logging
+from dynamo.runtime.settings import parse_args
+from dynamo.worker.settings import WorkerSettings
+
+log = logging.getLogger("dynamo.worker")
+
+
+def _extra_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--list-engines", action="store_true", help="print the installed engines and exit")
+    return p
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"dynamo.worker: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = _extra_parser()
+    settings, rest, flags = parse_args(
+        WorkerSettings, argv, prog="python -m dynamo.worker", allow_unknown=True, extra=extra,
+        description="Host an inference engine and serve it to Dynamo frontends.",
+    )
+    configure_logging(settings.log)
+    pm = plugin_manager()
+    try:
+        if flags.list_engines:
+            for name in pm.engines():
+                print(name)
+            return
+        if not settings.engine:
+            _fail(f"--engine is required (installed: {', '.join(pm.engines()) or 'none'})")
+        spec = pm.get(str(settings.engine))
+    except PluginError as exc:
+        _fail(exc.message)
+        return
+    ctx = EngineContext(
+        argv=rest, model_path=settings.model_path, model_name=settings.model_name,
+        kv_block_size=settings.kv_cache_block_size,
+    )
+    try:
+        engine = spec.factory(ctx)
+    except PluginError as exc:
+        _fail(exc.message, 1)
+        return
+    except (ValueError, SystemExit) as exc:
+        _fail(f"invalid flags for engine {spec.name!r}: {exc}")
+        return
+    try:
+        _run(settings, spec, engine)
+    except KeyboardInterrupt:
+        pass
+
+
+def _run(settings: WorkerSettings, spec, engine) -> None:  # type: ignore[no-untyped-def]
+    from dynamo.runtime.eventloop import run
+
+    run(_serve(settings, spec, engine))
+
+
+async def _serve(settings: WorkerSettings, spec, engine) -> None:  # type: ignore[no-untyped-def]
+    from dynamo.worker.host import WorkerHost
+
+    host = WorkerHost(settings, spec, engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    system_task = None
+    if settings.system_port is not None:
+        from dynamo.worker.system import serve
+
+        system_task = asyncio.create_task(serve(host, settings.system_port))
+    try:
+        await host.run_until(stop)
+    except Exception as exc:
+        log.error("worker failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        raise SystemExit(1) from None
+    finally:
+        if system_task is not None:
+            system_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await system_task
+
+
+if __name__ == "__main__":
+    main()
