@@ -4,8 +4,9 @@ A connection starts with the 4-byte preamble ``b"DYN" + version``. Then every fr
 
     u32 length (big-endian, counts what follows) | u8 kind | u32 stream id | payload
 
-Payloads are msgpack (msgspec, typed). Per-token frames are a few bytes: the ``Delta`` struct is
-array-like, so a one-token delta is ``[[id]]``.
+Payloads are msgpack (msgspec, typed). Per-token frames are a few bytes: a delta that carries
+only token ids travels as a TOKENS frame holding just the msgpack list of ids; any other delta
+(finish reason, usage, log-probabilities) as a DATA frame holding the array-like ``Delta``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Kind(enum.IntEnum):
     DATA = 3  # server -> client: Delta
     END = 4  # server -> client: end of stream (no payload)
     ERROR = 5  # server -> client: ErrorPayload; ends the stream
+    TOKENS = 6  # server -> client: list[int], a Delta with token ids only
 
 
 class RequestEnvelope(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -49,12 +51,22 @@ _encoder = msgspec.msgpack.Encoder()
 encode_payload = _encoder.encode
 decode_envelope = msgspec.msgpack.Decoder(RequestEnvelope).decode
 decode_delta = msgspec.msgpack.Decoder(Delta).decode
+decode_tokens = msgspec.msgpack.Decoder(list[int]).decode
 decode_error = msgspec.msgpack.Decoder(ErrorPayload).decode
 _pack = HEADER.pack
 
 
 def frame(kind: int, stream_id: int, payload: bytes = b"") -> bytes:
     return _pack(len(payload) + 5, kind, stream_id) + payload
+
+
+def delta_frame(stream_id: int, delta: Delta) -> bytes:
+    """The smallest frame for ``delta`` (the per-token hot path)."""
+    if delta.finish_reason is None and delta.usage is None and delta.logprobs is None:
+        body = _encoder.encode(delta.token_ids)
+        return _pack(len(body) + 5, 6, stream_id) + body
+    body = _encoder.encode(delta)
+    return _pack(len(body) + 5, 3, stream_id) + body
 
 
 class FrameReader:

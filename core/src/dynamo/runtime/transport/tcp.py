@@ -130,13 +130,12 @@ class _ServerProtocol(asyncio.Protocol):
             handler = self._server._handlers.get(envelope.endpoint)
             if handler is None:
                 raise DynamoError(f"no endpoint {envelope.endpoint!r} on this worker")
-            encode = codec.encode_payload
-            pack = codec.HEADER.pack
+            delta_frame = codec.delta_frame
+            send = writer.send
             stream = handler(envelope.request)
             try:
                 async for delta in stream:
-                    body = encode(delta)
-                    writer.send(pack(len(body) + 5, Kind.DATA, stream_id) + body)
+                    send(delta_frame(stream_id, delta))
                     await writer.drain()
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
@@ -269,6 +268,7 @@ class _ClientProtocol(asyncio.Protocol):
             return
         streams = self.streams
         decode_delta = codec.decode_delta
+        decode_tokens = codec.decode_tokens
         for kind, stream_id, payload in frames:
             stream = streams.get(stream_id)
             if stream is None:
@@ -276,7 +276,9 @@ class _ClientProtocol(asyncio.Protocol):
                     err = codec.decode_error(payload)
                     log.error("request plane: worker rejected the connection: %s", err.message)
                 continue
-            if kind == Kind.DATA:
+            if kind == Kind.TOKENS:
+                stream.push(Delta(decode_tokens(payload)))
+            elif kind == Kind.DATA:
                 stream.push(decode_delta(payload))
             elif kind == Kind.END:
                 stream.push(_END)
