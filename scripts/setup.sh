@@ -20,11 +20,12 @@ if [[ ! -x "$PY" ]]; then
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
 
+shopt -s nullglob
 # what the install depends on: if none of it changed since the last run, there is nothing to do
 inputs=("$ROOT/core/pyproject.toml" "$ROOT"/plugins/*/pyproject.toml "$ROOT"/examples/*/pyproject.toml)
-[[ $WITH_TESTS == 1 ]] && inputs+=("$ROOT/requirements-test.txt")
+if [[ $WITH_TESTS == 1 ]]; then inputs+=("$ROOT/requirements-test.txt"); fi
 stamp="$VENV/.dynamo-setup-$WITH_TESTS"
-digest="$(cat "${inputs[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+digest="$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
     say "up to date ($VENV)"
     exit 0
