@@ -36,7 +36,7 @@ class Frontend:
         self.settings = settings
         self.discovery = discovery or create_discovery(settings)
         self.client = client or create_client(settings)
-        self.push = PushRouter(create_router(settings.router_mode), self.client)
+        self.push = PushRouter(self.client, migration_limit=settings.migration_limit)
         self.registry = ModelRegistry(
             self.discovery, settings.namespace, lambda card: create_router(settings.router_mode),
             on_worker_removed=lambda w: self.client.forget(w.record.transport),

@@ -23,7 +23,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from dynamo.frontend.app import build_app
 
-    app = build_app(settings)
+    app: object = build_app(settings)
+    if settings.max_inflight_requests:
+        from dynamo.frontend.admission import AdmissionControl
+
+        app = AdmissionControl(app, settings.max_inflight_requests)
     log.info(
         "frontend on http://%s:%d (router %s, discovery %s, request plane %s, namespace %s)",
         settings.http_host, settings.http_port, settings.router_mode.value, settings.discovery_backend.value,
@@ -36,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         loop = "asyncio"
     uvicorn.run(
         app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False,
-        loop=loop, http="auto", timeout_graceful_shutdown=5, log_config=None,
+        loop=loop, http="auto", timeout_graceful_shutdown=settings.graceful_shutdown_timeout, log_config=None,
     )
 
 

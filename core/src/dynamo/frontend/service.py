@@ -119,7 +119,7 @@ class Service:
         feed = detok.feed
         matcher = StopMatcher(stops) if stops else None
         usage: Usage | None = None
-        stream = self.push.generate(entry.name, entry.worker_list, gen)
+        stream = self.push.generate(entry.name, entry.router, entry.worker_list, gen)
         async with contextlib.aclosing(stream):
             async for delta in stream:
                 ids = delta.token_ids

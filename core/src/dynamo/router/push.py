@@ -1,9 +1,12 @@
-"""Sends a request to the worker a router picked, over the request plane.
+"""Sends a request to the worker a router picked, over the request plane, and keeps it alive.
 
-A worker that cannot be reached (connect refused: the request never left this process) is set
-aside and the request goes to the next choice, so a worker killed a moment ago costs one failed
-connect, never a failed request. Once a stream has started, losing the worker raises
-``WorkerLost`` (migration, when enabled, is the frontend's job).
+- A worker that cannot take the request before anything was generated (connect refused, draining,
+  at its request limit) is set aside and the request goes to the next choice: that is always safe,
+  since the engine never started it. Counted as a ``new_request`` migration.
+- A worker lost mid-stream (no end-of-stream frame, or the engine shutting down) is set aside as
+  well; with ``migration_limit > 0`` the request is resent to another worker with the tokens
+  generated so far appended to the prompt and ``max_tokens`` reduced, so the caller sees one
+  continuous stream (an ``ongoing_request`` migration). Without it, ``WorkerLost`` is raised.
 """
 
 from __future__ import annotations
@@ -12,21 +15,37 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from dynamo.plugin.errors import NoWorkersAvailable, WorkerUnreachable
-from dynamo.plugin.types import Delta, GenerateRequest
+import msgspec
+from prometheus_client import Counter
+
+from dynamo.plugin.errors import (
+    EngineShutdown, NoWorkersAvailable, Overloaded, WorkerLost, WorkerUnreachable,
+)
+from dynamo.plugin.types import Delta, FinishReason, GenerateRequest, Usage
 from dynamo.router.base import RouteRequest, Router, Worker
 from dynamo.runtime.transport import RequestPlaneClient
 
 log = logging.getLogger(__name__)
 
-#: how long an unreachable worker is skipped (discovery normally removes it well before)
+#: how long a worker that failed is skipped (discovery normally removes a dead one well before)
 SUSPEND_SECONDS = 10.0
+#: request extras whose decoding state cannot be rebuilt on another worker
+UNMIGRATABLE = ("response_format", "guided_json", "guided_regex", "guided_grammar", "guided_choice")
+
+MIGRATIONS = Counter(
+    "dynamo_frontend_model_migration_total", "Requests moved to another worker",
+    ["model", "migration_type"],
+)
+
+#: errors that mean "this worker did not start the request": try another one
+_NOT_STARTED = (WorkerUnreachable, EngineShutdown, Overloaded)
 
 
 class PushRouter:
-    def __init__(self, router: Router, client: RequestPlaneClient, clock: Callable[[], float] = time.monotonic):
-        self.router = router
+    def __init__(self, client: RequestPlaneClient, migration_limit: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.client = client
+        self.migration_limit = migration_limit
         self._suspended: dict[int, float] = {}
         self._clock = clock
 
@@ -36,7 +55,7 @@ class PushRouter:
     def resume(self, instance_id: int) -> None:
         self._suspended.pop(instance_id, None)
 
-    def candidates(self, workers: list[Worker], exclude: set[int] = frozenset()) -> list[Worker]:  # type: ignore[assignment]
+    def candidates(self, workers: list[Worker], exclude: set[int]) -> list[Worker]:
         if not self._suspended and not exclude:
             return workers
         now = self._clock()
@@ -45,21 +64,58 @@ class PushRouter:
                 del self._suspended[iid]
         return [w for w in workers if w.instance_id not in self._suspended and w.instance_id not in exclude]
 
-    async def generate(
-        self, model: str, workers: Callable[[], list[Worker]], request: GenerateRequest,
-        exclude: set[int] | None = None, on_worker: Callable[[Worker], None] | None = None,
-    ) -> AsyncIterator[Delta]:
-        """Route ``request`` among ``workers()`` and stream its deltas."""
-        tried: set[int] = set(exclude or ())
+    async def generate(self, model: str, router: Router, workers: Callable[[], list[Worker]],
+                       request: GenerateRequest, on_worker: Callable[[Worker], None] | None = None,
+                       ) -> AsyncIterator[Delta]:
+        """Route ``request`` with ``router`` among ``workers()`` and stream its deltas, migrating when allowed."""
+        tried: set[int] = set()
+        generated: list[int] = []
+        migrations = 0
+        current = request
+        while True:
+            worker_box: list[Worker] = []
+            try:
+                async for delta in self._attempt(model, router, workers, current, tried, worker_box, on_worker):
+                    if delta.token_ids:
+                        generated.extend(delta.token_ids)
+                    if delta.finish_reason is not None and current is not request:
+                        delta = self._fix_usage(delta, request, generated)
+                    yield delta
+                return
+            except (WorkerLost, EngineShutdown) as exc:
+                if worker_box:
+                    self.suspend(worker_box[0])
+                if migrations >= self.migration_limit:
+                    raise WorkerLost(f"the worker serving this request was lost: {exc.message}") from exc
+                if any(key in request.extra for key in UNMIGRATABLE):
+                    raise WorkerLost(
+                        "the worker serving this request was lost, and requests with structured output "
+                        "cannot be migrated (their decoding state cannot be restored)"
+                    ) from exc
+                migrations += 1
+                MIGRATIONS.labels(model, "ongoing_request").inc()
+                log.warning("request %s: worker lost after %d tokens (%s); migrating (%d/%d)",
+                            request.request_id, len(generated), exc.message, migrations, self.migration_limit)
+                current = self._continuation(request, generated)
+                if current is None:  # nothing left to generate
+                    yield self._fix_usage(Delta([], FinishReason.LENGTH), request, generated)
+                    return
+
+    async def _attempt(self, model: str, router: Router, workers: Callable[[], list[Worker]],
+                       request: GenerateRequest,
+                       tried: set[int], worker_box: list[Worker],
+                       on_worker: Callable[[Worker], None] | None) -> AsyncIterator[Delta]:
+        """One stream on one worker; workers that never started the request are skipped."""
         route = RouteRequest(request.request_id, request.token_ids)
         while True:
             pool = self.candidates(workers(), tried)
             if not pool:
                 raise NoWorkersAvailable(f"no worker is available for model {model!r}", retry_after=1)
-            worker = self.router.select(pool, route)
+            worker = router.select(pool, route)
             tried.add(worker.instance_id)
+            worker_box[:] = [worker]
             worker.in_flight += 1
-            self.router.on_start(worker, route)
+            router.on_start(worker, route)
             started = False
             try:
                 stream = self.client.generate(worker.record.transport, worker.record.endpoint, request)
@@ -73,12 +129,42 @@ class PushRouter:
                 finally:
                     await stream.aclose()  # type: ignore[attr-defined]
                 return
-            except WorkerUnreachable as exc:
+            except _NOT_STARTED as exc:
                 if started:
                     raise
-                log.warning("worker %x unreachable, trying another: %s", worker.instance_id, exc)
-                self.suspend(worker)
-                self.client.forget(worker.record.transport)
+                log.warning("worker %x did not take request %s (%s); trying another",
+                            worker.instance_id, request.request_id, exc.message)
+                MIGRATIONS.labels(model, "new_request").inc()
+                if not isinstance(exc, Overloaded):
+                    self.suspend(worker)
+                if isinstance(exc, WorkerUnreachable):
+                    self.client.forget(worker.record.transport)
+                if isinstance(exc, Overloaded) and not self.candidates(workers(), tried):
+                    raise
             finally:
                 worker.in_flight -= 1
-                self.router.on_end(worker, route)
+                router.on_end(worker, route)
+
+    @staticmethod
+    def _continuation(request: GenerateRequest, generated: list[int]) -> GenerateRequest | None:
+        stop = request.stop
+        max_tokens = stop.max_tokens
+        if max_tokens is not None:
+            max_tokens -= len(generated)
+            if max_tokens <= 0:
+                return None
+        min_tokens = max(stop.min_tokens - len(generated), 0) if stop.min_tokens else stop.min_tokens
+        return msgspec.structs.replace(
+            request,
+            token_ids=request.token_ids + generated,
+            stop=msgspec.structs.replace(stop, max_tokens=max_tokens, min_tokens=min_tokens),
+        )
+
+    @staticmethod
+    def _fix_usage(delta: Delta, request: GenerateRequest, generated: list[int]) -> Delta:
+        """Usage as if one worker had served the whole request."""
+        cached = delta.usage.cached_tokens if delta.usage else 0
+        usage = Usage(prompt_tokens=len(request.token_ids), completion_tokens=len(generated),
+                      cached_tokens=min(cached, len(request.token_ids)))
+        return msgspec.structs.replace(delta, usage=usage)
+

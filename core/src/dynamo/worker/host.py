@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator
 
 from dynamo.plugin.capabilities import ReportsLoad
 from dynamo.plugin.engine import Engine, EngineSpec
+from dynamo.plugin.errors import Overloaded
 from dynamo.plugin.types import Delta, GenerateRequest, ModelInfo
 from dynamo.runtime import records
 from dynamo.runtime.discovery import Discovery, create_discovery
+from dynamo.runtime.events import create_publisher
 from dynamo.runtime.settings import DiscoveryBackend
 from dynamo.runtime.transport import RequestPlaneServer, create_server
+from dynamo.worker.events import WorkerEvents
 from dynamo.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -32,13 +35,20 @@ class WorkerHost:
         self.engine = engine
         self.discovery: Discovery | None = None
         self.server: RequestPlaneServer | None = None
+        self.events: WorkerEvents | None = None
         self.info: ModelInfo | None = None
         self.instance_id = 0
         self._keys: list[str] = []
         self.requests_total = 0
+        #: set when the engine failed its health check: the process exits non-zero
+        self.unhealthy: str | None = None
 
     # -- serving ----------------------------------------------------------------------------------
     def _handle(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        limit = self.settings.engine_request_limit
+        # the server counts this request already, hence ">"
+        if limit and self.server is not None and self.server.active_streams > limit:
+            raise Overloaded(f"worker is at its limit of {limit} concurrent requests", retry_after=1)
         self.requests_total += 1
         return self.engine.generate(request)
 
@@ -64,6 +74,9 @@ class WorkerHost:
         self.instance_id = self.discovery.lease_id
         self.server = create_server(s, self._bind_host(), s.tcp_port)
         transport = await self.server.start({s.endpoint: self._handle})
+        if WorkerEvents.wanted(self.engine):  # KV events and load metrics, for KV-aware routers
+            self.events = WorkerEvents(self.engine, create_publisher(s, self._bind_host()))
+            transport = {**transport, **await self.events.start(self.instance_id)}
         await self._register(transport)
         log.info(
             "worker %x serving model %r with engine %r at %s (namespace %s)",
@@ -103,15 +116,37 @@ class WorkerHost:
                     await self.discovery.delete(key)
         if self.server is not None:
             await self.server.aclose(grace=self.settings.graceful_shutdown_timeout)
+        if self.events is not None:
+            with contextlib.suppress(Exception):
+                await self.events.aclose()
         with contextlib.suppress(Exception):
             await self.engine.aclose()
         if self.discovery is not None:
             await self.discovery.aclose()
         log.info("worker %x stopped", self.instance_id)
 
+    async def _watch_health(self, stop: asyncio.Event) -> None:
+        interval = self.settings.health_check_interval
+        while not stop.is_set():
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self.engine.check_health(), timeout=max(interval, 5.0))
+            except Exception as exc:  # noqa: BLE001 - any failure means: stop serving
+                self.unhealthy = f"{type(exc).__name__}: {exc}"
+                log.error("engine %r failed its health check (%s); leaving discovery and exiting",
+                          self.spec.name, self.unhealthy)
+                stop.set()
+
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()
+        health = None
+        if self.settings.health_check_interval > 0:
+            health = asyncio.create_task(self._watch_health(stop))
         try:
             await stop.wait()
         finally:
+            if health is not None:
+                health.cancel()
+            if self.unhealthy:  # an unhealthy engine gets no grace period
+                self.settings = self.settings.model_copy(update={"graceful_shutdown_timeout": 0.0})
             await self.aclose()

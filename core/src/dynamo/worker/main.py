@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv=rest, model_path=settings.model_path, model_name=settings.model_name,
         kv_block_size=settings.kv_cache_block_size,
     )
-    try:
-        engine = spec.factory(ctx)
+    try:  # --num-workers N: N independent engines (and worker instances) in this process
+        engines = [spec.factory(ctx) for _ in range(settings.num_workers)]
     except PluginError as exc:
         _fail(exc.message, 1)
         return
@@ -67,21 +67,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"invalid flags for engine {spec.name!r}: {exc}")
         return
     try:
-        _run(settings, spec, engine)
+        _run(settings, spec, engines)
     except KeyboardInterrupt:
         pass
 
 
-def _run(settings: WorkerSettings, spec, engine) -> None:  # type: ignore[no-untyped-def]
+def _run(settings: WorkerSettings, spec, engines) -> None:  # type: ignore[no-untyped-def]
     from dynamo.runtime.eventloop import run
 
-    run(_serve(settings, spec, engine))
+    run(_serve(settings, spec, engines))
 
 
-async def _serve(settings: WorkerSettings, spec, engine) -> None:  # type: ignore[no-untyped-def]
+async def _serve(settings: WorkerSettings, spec, engines) -> None:  # type: ignore[no-untyped-def]
     from dynamo.worker.host import WorkerHost
 
-    host = WorkerHost(settings, spec, engine)
+    hosts = [WorkerHost(settings, spec, engine) for engine in engines]
+    host = hosts[0]  # the system port reports on the first worker
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,7 +93,7 @@ async def _serve(settings: WorkerSettings, spec, engine) -> None:  # type: ignor
 
         system_task = asyncio.create_task(serve(host, settings.system_port))
     try:
-        await host.run_until(stop)
+        await asyncio.gather(*(h.run_until(stop) for h in hosts))
     except Exception as exc:
         log.error("worker failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
         raise SystemExit(1) from None
@@ -101,6 +102,8 @@ async def _serve(settings: WorkerSettings, spec, engine) -> None:  # type: ignor
             system_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await system_task
+    if any(h.unhealthy for h in hosts):
+        raise SystemExit(3)  # a supervisor restarts us
 
 
 if __name__ == "__main__":

@@ -20,6 +20,15 @@ class WorkerSettings(RuntimeSettings):
     )
     tcp_port: int = Field(0, ge=0, le=65535, description="request-plane port (0: any free port)")
     system_port: int | None = Field(None, ge=0, le=65535, description="port for /health, /live, /metrics")
+    engine_request_limit: int = Field(
+        0, ge=0, description="requests served at once before new ones are refused as overloaded (0: no limit)"
+    )
+    health_check_interval: float = Field(
+        10.0, ge=0, description="seconds between engine health checks (0: off); a failed check exits the worker"
+    )
+    num_workers: int = Field(
+        1, ge=1, description="independent workers in this process, each its own engine and instance (mocker)"
+    )
     graceful_shutdown_timeout: float = Field(
         30.0, ge=0, description="seconds in-flight requests may take to finish on SIGTERM"
     )

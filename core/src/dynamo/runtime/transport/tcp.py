@@ -117,6 +117,11 @@ class _ServerProtocol(asyncio.Protocol):
         self._transport.close()
 
     def _start(self, stream_id: int, payload: bytes) -> None:
+        if self._server.draining:  # the frontend has not seen us leave discovery yet: send it elsewhere
+            assert self._writer is not None
+            err = codec.ErrorPayload("engine_shutdown", "this worker is shutting down")
+            self._writer.send(codec.frame(Kind.ERROR, stream_id, codec.encode_payload(err)))
+            return
         task = asyncio.get_running_loop().create_task(self._serve(stream_id, payload))
         self._tasks[stream_id] = task
         task.add_done_callback(lambda _t, sid=stream_id: self._tasks.pop(sid, None))
@@ -180,6 +185,7 @@ class TcpServer(RequestPlaneServer):
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_ServerProtocol] = set()
         self._active = 0
+        self.draining = False
 
     @property
     def active_streams(self) -> int:
@@ -196,6 +202,7 @@ class TcpServer(RequestPlaneServer):
     async def aclose(self, grace: float = 0.0) -> None:
         if self._server is None:
             return
+        self.draining = True
         self._server.close()
         deadline = asyncio.get_running_loop().time() + grace
         while self._active and asyncio.get_running_loop().time() < deadline:
