@@ -177,3 +177,30 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+def test_frontend_sigterm_finishes_streams_in_flight(cluster: Cluster) -> None:
+    fe, (worker,) = _start(cluster, 1)
+
+    async def run() -> list[int]:
+        async with aiohttp.ClientSession() as s:
+            async def one() -> int:
+                async with s.post(f"{fe.url}/v1/chat/completions", json=_stream_body(150)) as resp:
+                    usage = None
+                    async for raw in resp.content:
+                        line = raw.decode().strip()
+                        if line.startswith("data: {"):
+                            usage = json.loads(line[6:]).get("usage") or usage
+                    return usage["completion_tokens"]
+
+            tasks = [asyncio.create_task(one()) for _ in range(5)]
+            deadline = time.monotonic() + 10
+            while worker.health()["active_requests"] < 5:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            fe.signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    assert asyncio.run(run()) == [150] * 5
+    # uvicorn re-raises SIGTERM after its graceful shutdown, the conventional exit for a signal
+    assert fe.popen.wait(30) in (0, -signal.SIGTERM)
