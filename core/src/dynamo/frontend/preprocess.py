@@ -22,6 +22,10 @@ from dynamo.plugin.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
+#: exact-text tokenization cache: entries, and the longest text worth keeping
+CACHE_ENTRIES = 1024
+CACHE_MAX_TEXT = 64 * 1024
+
 
 def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):
@@ -60,6 +64,10 @@ class Preprocessor:
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self._template = env.from_string(self.chat_template) if self.chat_template else None
+        #: whether the template renders a ``tools`` variable (else tool definitions would be lost)
+        self.supports_tools = bool(self.chat_template and "tools" in self.chat_template)
+        self._token_texts: dict[int, str] = {}
+        self._cache: dict[str, list[int]] = {}
 
     @staticmethod
     def _load_template(path: Path, tok_cfg: dict[str, Any]) -> str | None:
@@ -86,20 +94,44 @@ class Preprocessor:
         return []
 
     def render_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+        """Render ``messages`` (and ``tools``, ``chat_template_kwargs``) for generation.
+
+        Any failure inside the template is the request's fault (a template raising on a role order
+        it does not support, a kwarg of the wrong type): it is a 400, never a 500.
+        """
         if self._template is None:
             raise InvalidRequest(
                 f"model at {self.path} has no chat template; use /v1/completions", param="messages"
             )
+        variables = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "", **kwargs}
+        variables.update(messages=messages, add_generation_prompt=True)
         try:
-            return self._template.render(
-                messages=messages, add_generation_prompt=True,
-                bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs,
-            )
+            return self._template.render(**variables)
         except TemplateError as exc:
-            raise InvalidRequest(f"chat template failed: {exc}", param="messages") from exc
+            raise InvalidRequest(f"chat template failed: {exc}", param="messages") from None
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+            raise InvalidRequest(f"chat template failed: {type(exc).__name__}: {exc}", param="messages") from None
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token, as log-probabilities show it (cached: the vocabulary is finite)."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        """Token ids of ``text``; repeated texts (system prompts, retries, multi-turn) hit a cache."""
+        cache = self._cache
+        ids = cache.get(text)
+        if ids is None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            if len(text) <= CACHE_MAX_TEXT:
+                if len(cache) >= CACHE_ENTRIES:
+                    del cache[next(iter(cache))]  # oldest first
+                cache[text] = ids
+        else:
+            cache[text] = cache.pop(text)  # most recently used last
+        return list(ids)
 
     def encode_prompt(self, text: str) -> list[int]:
         """Tokenize a raw completion prompt, with the tokenizer's own special tokens (e.g. BOS)."""

@@ -284,7 +284,14 @@ class _ClientProtocol(asyncio.Protocol):
                     log.error("request plane: worker rejected the connection: %s", err.message)
                 continue
             if kind == Kind.TOKENS:
-                stream.push(Delta(decode_tokens(payload)))
+                tokens = decode_tokens(payload)
+                pending = stream.items
+                last = pending[-1] if pending else None
+                # tokens that arrived together go up together: extend a plain delta not yet consumed
+                if type(last) is Delta and last.finish_reason is None and last.logprobs is None:
+                    last.token_ids.extend(tokens)
+                else:
+                    stream.push(Delta(tokens))
             elif kind == Kind.DATA:
                 stream.push(decode_delta(payload))
             elif kind == Kind.END:
