@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,27 +22,51 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(settings.log)
     import uvicorn
 
+    log.info(
+        "frontend on http://%s:%d (router %s, discovery %s, request plane %s, namespace %s, %d process%s)",
+        settings.http_host, settings.http_port, settings.router_mode.value, settings.discovery_backend.value,
+        settings.request_plane.value, settings.namespace, settings.http_workers,
+        "" if settings.http_workers == 1 else "es",
+    )
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    common = dict(
+        host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False, loop=loop,
+        http="auto", timeout_graceful_shutdown=settings.graceful_shutdown_timeout, log_config=None,
+    )
+    if settings.http_workers > 1:
+        # each process runs its own discovery watcher, router and request-plane connections;
+        # they share the listening socket, and the kernel spreads connections over them
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        uvicorn.run("dynamo.frontend.main:app_factory", factory=True, workers=settings.http_workers, **common)
+    else:
+        uvicorn.run(make_app(settings), **common)
+
+
+SETTINGS_ENV = "DYN_FRONTEND_SETTINGS_JSON"
+
+
+def make_app(settings: FrontendSettings) -> object:
     from dynamo.frontend.app import build_app
 
     app: object = build_app(settings)
     if settings.max_inflight_requests:
         from dynamo.frontend.admission import AdmissionControl
 
+        # per process: with N processes the frontend admits up to N x the limit
         app = AdmissionControl(app, settings.max_inflight_requests)
-    log.info(
-        "frontend on http://%s:%d (router %s, discovery %s, request plane %s, namespace %s)",
-        settings.http_host, settings.http_port, settings.router_mode.value, settings.discovery_backend.value,
-        settings.request_plane.value, settings.namespace,
-    )
-    loop = "uvloop"
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        loop = "asyncio"
-    uvicorn.run(
-        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False,
-        loop=loop, http="auto", timeout_graceful_shutdown=settings.graceful_shutdown_timeout, log_config=None,
-    )
+    return app
+
+
+def app_factory() -> object:
+    """The app of one process of a multi-process frontend (settings come from the parent)."""
+    settings = FrontendSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    configure_logging(settings.log)
+    return make_app(settings)
 
 
 if __name__ == "__main__":
