@@ -98,7 +98,7 @@ CORE_DEPS=(
     "pluggy>=1.4" "msgspec>=0.18" "orjson>=3.9" "xxhash>=3.4" "tokenizers>=0.21" "jinja2>=3.1"
     "prometheus-client>=0.20"
     # tests
-    "pytest>=8" "pytest-asyncio>=0.24" "httpx>=0.27" "pyzmq>=25"
+    "pytest>=8" "pytest-asyncio>=0.24" "httpx>=0.27" "pyzmq>=25" "openai>=1.40" "aiohttp>=3.9"
 )
 missing="$("$PY" - "${CORE_DEPS[@]}" <<'EOF'
 import sys
