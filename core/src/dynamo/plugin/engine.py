@@ -95,5 +95,6 @@ class EngineSpec:
     description: str = ""
     #: the distribution that provides it (filled in by the plugin manager when empty)
     plugin: str = ""
-    #: a callable ``(argv) -> str`` that returns the engine's own ``--help`` text, if it has one
+    #: a callable returning the engine's own ``--help`` text (shown by ``--engine NAME --help``);
+    #: like ``factory`` it may import the engine library, and raises ``EngineUnavailable`` without it
     help: Callable[[], str] | None = None

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
@@ -30,6 +30,11 @@ class DiscoveryBackend(str, enum.Enum):
 
 class RequestPlane(str, enum.Enum):
     TCP = "tcp"
+    NATS = "nats"
+
+
+class EventPlane(str, enum.Enum):
+    DIRECT = "direct"  # each worker serves its events on a TCP port; no infrastructure
     NATS = "nats"
 
 
@@ -51,15 +56,69 @@ class RuntimeSettings(BaseSettings):
     )
     lease_ttl: float = Field(5.0, gt=0, description="seconds a dead process's records outlive it")
     request_plane: RequestPlane = Field(RequestPlane.TCP, description="tcp | nats")
+    event_plane: EventPlane = Field(
+        EventPlane.DIRECT, description="how KV events and load metrics travel: direct (no infrastructure) | nats"
+    )
     etcd_endpoints: str = Field(
         "http://localhost:2379", validation_alias="ETCD_ENDPOINTS", description="etcd URLs, comma separated"
     )
-    nats_server: str = Field("nats://localhost:4222", validation_alias="NATS_SERVER", description="NATS URL")
+    etcd_auth_username: str | None = Field(
+        None, validation_alias="ETCD_AUTH_USERNAME", description="etcd user (auth enabled on etcd)"
+    )
+    etcd_auth_password: SecretStr | None = Field(
+        None, validation_alias="ETCD_AUTH_PASSWORD",
+        description="etcd password (prefer the env var to the flag)",
+    )
+    etcd_auth_ca: str | None = Field(
+        None, validation_alias="ETCD_AUTH_CA", description="CA certificate (PEM) verifying etcd's TLS"
+    )
+    etcd_auth_client_cert: str | None = Field(
+        None, validation_alias="ETCD_AUTH_CLIENT_CERT", description="client certificate (PEM) for etcd mTLS"
+    )
+    etcd_auth_client_key: str | None = Field(
+        None, validation_alias="ETCD_AUTH_CLIENT_KEY", description="client private key (PEM) for etcd mTLS"
+    )
+    nats_server: str = Field(
+        "nats://localhost:4222", validation_alias="NATS_SERVER", description="NATS URL(s), comma separated"
+    )
+    nats_auth_username: str | None = Field(
+        None, validation_alias="NATS_AUTH_USERNAME", description="NATS user"
+    )
+    nats_auth_password: SecretStr | None = Field(
+        None, validation_alias="NATS_AUTH_PASSWORD",
+        description="NATS password (prefer the env var to the flag)",
+    )
+    nats_auth_token: SecretStr | None = Field(
+        None, validation_alias="NATS_AUTH_TOKEN", description="NATS token"
+    )
+    nats_auth_credentials_file: str | None = Field(
+        None, validation_alias="NATS_AUTH_CREDENTIALS_FILE", description="NATS .creds file (JWT + nkey seed)"
+    )
+    nats_tls_ca_cert_path: str | None = Field(
+        None, validation_alias="NATS_TLS_CA_CERT_PATH", description="CA certificate (PEM) for NATS TLS"
+    )
+    nats_tls_cert_path: str | None = Field(
+        None, validation_alias="NATS_TLS_CERT_PATH", description="client certificate (PEM) for NATS mTLS"
+    )
+    nats_tls_key_path: str | None = Field(
+        None, validation_alias="NATS_TLS_KEY_PATH", description="client private key (PEM) for NATS mTLS"
+    )
+    nats_stream_heartbeat: float = Field(
+        1.0, gt=0, description="NATS request plane: a worker marks a silent stream alive this often (s)"
+    )
+    nats_stream_timeout: float = Field(
+        5.0, gt=0, description="NATS request plane: a stream silent this long fails with WorkerLost (s)"
+    )
     log: str = Field("info", description="log levels, RUST_LOG syntax (info,dynamo.router=debug)")
 
 
 #: flags accepted as older names of a field
-ALIASES: dict[str, tuple[str, ...]] = {"discovery_backend": ("--store-kv",)}
+ALIASES: dict[str, tuple[str, ...]] = {
+    "discovery_backend": ("--store-kv",),
+    "router_kv_overlap_score_credit": ("--kv-overlap-score-weight", "--router-kv-overlap-score-weight"),
+    "router_kv_events": ("--kv-events",),
+    "router_ttl_secs": ("--router-ttl",),
+}
 
 
 def _flag(name: str) -> str:
@@ -94,6 +153,19 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
             parser.add_argument(*flags, dest=name, type=conv, default=argparse.SUPPRESS, help=help_text)
 
 
+def build_parser(
+    cls: type[BaseSettings], *, prog: str, description: str = "", extra: argparse.ArgumentParser | None = None,
+    add_help: bool = True, epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """The command-line parser of ``cls``: one flag per field (plus ``extra``'s flags)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, parents=[extra] if extra else [], allow_abbrev=False,
+        add_help=add_help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_arguments(parser, cls)
+    return parser
+
+
 def parse_args(
     cls: type[S], argv: Sequence[str] | None, *, prog: str, description: str = "", allow_unknown: bool = False,
     extra: argparse.ArgumentParser | None = None,
@@ -103,10 +175,7 @@ def parse_args(
     Returns the settings, the flags nobody claimed (for an engine's own parser) and the parsed
     namespace (for the ``extra`` parser's flags).
     """
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, parents=[extra] if extra else [], allow_abbrev=False
-    )
-    add_settings_arguments(parser, cls)
+    parser = build_parser(cls, prog=prog, description=description, extra=extra)
     if allow_unknown:
         ns, rest = parser.parse_known_args(argv)
     else:

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from dynamo.plugin.engine import EngineContext
 from dynamo.plugin.errors import PluginError
 from dynamo.plugin.manager import plugin_manager
 from dynamo.runtime.logging import configure_logging
-from dynamo.runtime.settings import parse_args
+from dynamo.runtime.settings import build_parser, parse_args
 from dynamo.worker.settings import WorkerSettings
 
 log = logging.getLogger("dynamo.worker")
@@ -34,12 +35,50 @@ def _fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def _engine_named(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--engine" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--engine="):
+            return arg.split("=", 1)[1]
+    return os.environ.get("DYN_ENGINE")
+
+
+def _print_help(argv: list[str]) -> None:
+    """The host's flags, then the chosen engine's own flags (they pass through untouched)."""
+    parser = build_parser(WorkerSettings, prog=PROG, description=DESCRIPTION, extra=_extra_parser())
+    print(parser.format_help())
+    name = _engine_named(argv)
+    if not name:
+        print("Add --engine NAME to see that engine's own flags as well.")
+        return
+    try:
+        spec = plugin_manager().get(name)
+    except PluginError as exc:
+        print(f"({exc.message})")
+        return
+    if spec.help is None:
+        print(f"engine {name!r} has no flags of its own.")
+        return
+    try:
+        text = spec.help()
+    except PluginError as exc:
+        text = f"(cannot show the flags of engine {name!r}: {exc.message})"
+    print(f"flags of engine {name!r} (passed to it untouched):\n\n{text}")
+
+
+PROG = "python -m dynamo.worker"
+DESCRIPTION = "Host an inference engine and serve it to Dynamo frontends."
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _print_help(argv)
+        return
     extra = _extra_parser()
     settings, rest, flags = parse_args(
-        WorkerSettings, argv, prog="python -m dynamo.worker", allow_unknown=True, extra=extra,
-        description="Host an inference engine and serve it to Dynamo frontends.",
+        WorkerSettings, argv, prog=PROG, allow_unknown=True, extra=extra, description=DESCRIPTION,
     )
     configure_logging(settings.log)
     pm = plugin_manager()
