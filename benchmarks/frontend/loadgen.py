@@ -6,7 +6,12 @@
 Each of ``concurrency`` clients sends one chat completion after another for ``duration`` seconds
 (after a warm-up) with a ~150-token prompt, ``max_tokens`` 64 and ``ignore_eos``, and records
 TTFT (first content chunk), inter-token latency ((e2e - ttft) / (tokens - 1)) and end-to-end time.
-Prints one JSON object with requests/s, output tokens/s and p50/p99 latencies.
+Prints one JSON object with requests/s, output tokens/s and p50/p99 latencies, the mean prompt
+tokens the server counted, and this client's own CPU use over the recorded window.
+
+With ``--markers`` it first prints a line ``#record`` when the recorded window opens and ``#end``
+when the last recorded request has finished (before the JSON), so a runner can sample server CPU
+over exactly that window (``run.py`` does).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Stats:
     itl: list[float] = field(default_factory=list)
     e2e: list[float] = field(default_factory=list)
     tokens: int = 0
+    prompt_tokens: int = 0
     ok: int = 0
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -52,6 +58,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict, stre
     start = time.perf_counter()
     ttft = None
     tokens = 0
+    prompt_tokens = 0
     try:
         async with session.post(url, json=body) as resp:
             if resp.status != 200:
@@ -67,6 +74,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict, stre
                         raise RuntimeError(chunk["error"]["message"])
                     if chunk.get("usage"):
                         tokens = chunk["usage"]["completion_tokens"]
+                        prompt_tokens = chunk["usage"].get("prompt_tokens") or 0
                     choices = chunk.get("choices") or []
                     if choices and choices[0].get("delta", {}).get("content"):
                         if ttft is None:
@@ -74,6 +82,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict, stre
             else:
                 data = await resp.json()
                 tokens = data["usage"]["completion_tokens"]
+                prompt_tokens = data["usage"].get("prompt_tokens") or 0
     except Exception as exc:  # noqa: BLE001 - counted and reported
         if record:
             stats.failed += 1
@@ -85,6 +94,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict, stre
         return
     stats.ok += 1
     stats.tokens += tokens
+    stats.prompt_tokens += prompt_tokens
     stats.e2e.append(e2e)
     if ttft is not None:
         stats.ttft.append(ttft)
@@ -118,9 +128,22 @@ async def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     t_record = t0 + args.warmup
     t_end = t_record + args.duration
+    cpu_at_record: list[float] = []
+
+    async def open_window() -> None:
+        await asyncio.sleep(max(0.0, t_record - time.perf_counter()))
+        cpu_at_record.append(time.process_time())
+        if args.markers:
+            print("#record", flush=True)
+
+    marker = asyncio.create_task(open_window())
     await asyncio.gather(*(client_loop(url, body, args.stream, args.new_connection, stats, t_record, t_end)
                            for _ in range(args.concurrency)))
     elapsed = time.perf_counter() - t_record
+    await marker
+    client_cpu = time.process_time() - cpu_at_record[0]
+    if args.markers:
+        print("#end", flush=True)
 
     def ms(v: float | None) -> float | None:
         return None if v is None else round(v * 1000, 3)
@@ -133,6 +156,8 @@ async def run(args: argparse.Namespace) -> dict:
         "itl_p50_ms": ms(pct(stats.itl, 0.5)), "itl_p99_ms": ms(pct(stats.itl, 0.99)),
         "e2e_p50_ms": ms(pct(stats.e2e, 0.5)), "e2e_p99_ms": ms(pct(stats.e2e, 0.99)),
         "mean_tokens": round(stats.tokens / stats.ok, 1) if stats.ok else 0,
+        "mean_prompt_tokens": round(stats.prompt_tokens / stats.ok, 1) if stats.ok else 0,
+        "client_cpu_pct": round(100 * client_cpu / elapsed, 1),
     }
 
 
@@ -147,6 +172,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-words", type=int, default=120)
     p.add_argument("--stream", action="store_true")
     p.add_argument("--new-connection", action="store_true", help="a new TCP connection per request")
+    p.add_argument("--markers", action="store_true", help="print #record / #end lines around the recorded window")
     args = p.parse_args(argv)
     if not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         p.error("this load generator only targets loopback addresses")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -15,6 +17,13 @@ def test_two_frontend_processes_share_the_port_and_the_workers(cluster: Cluster)
     fe = cluster.frontend("--http-workers", "2")
     cluster.wait_worker_ready(worker)
     fe.wait_workers("mocker", 1)
+    # /health answers from whichever process took the connection: wait until both are ready
+    ready, deadline = 0, time.monotonic() + 30
+    while ready < 20:
+        assert time.monotonic() < deadline, fe.log()
+        with httpx.Client() as client:
+            ok = client.get(f"{fe.url}/health").json().get("models", {}).get("mocker") == 1
+        ready = ready + 1 if ok else 0
     body = {"model": "mocker", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     for _ in range(40):  # new connections: the kernel spreads them over both processes
         with httpx.Client() as client:

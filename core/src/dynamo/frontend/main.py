@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from pydantic import SecretStr
 
 from dynamo.frontend.settings import FrontendSettings
 from dynamo.runtime.logging import configure_logging
@@ -34,14 +38,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    common = dict(
+    common: dict[str, Any] = dict(
         host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False, loop=loop,
         http="auto", timeout_graceful_shutdown=settings.graceful_shutdown_timeout, log_config=None,
     )
     if settings.http_workers > 1:
         # each process runs its own discovery watcher, router and request-plane connections;
         # they share the listening socket, and the kernel spreads connections over them
-        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        os.environ[SETTINGS_ENV] = settings_json(settings)
         uvicorn.run("dynamo.frontend.main:app_factory", factory=True, workers=settings.http_workers, **common)
     else:
         uvicorn.run(make_app(settings), **common)
@@ -50,10 +54,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 SETTINGS_ENV = "DYN_FRONTEND_SETTINGS_JSON"
 
 
-def make_app(settings: FrontendSettings) -> object:
+def settings_json(settings: FrontendSettings) -> str:
+    """The settings for the child processes, secrets (``--api-key``) in clear: pydantic would
+    write them as ``**********``. They travel in the environment, as ``DYN_API_KEY`` would."""
+    data = settings.model_dump(mode="json")
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            data[name] = value.get_secret_value()
+    return json.dumps(data)
+
+
+def make_app(settings: FrontendSettings) -> Any:
     from dynamo.frontend.app import build_app
 
-    app: object = build_app(settings)
+    app: Any = build_app(settings)
     if settings.max_inflight_requests:
         from dynamo.frontend.admission import AdmissionControl
 

@@ -19,6 +19,8 @@ class MockerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     enable_prefix_caching: bool = True
+    #: share of KV blocks kept free when admitting new requests (vLLM's watermark)
+    watermark: float = 0.01
     #: tokens a response runs to before its natural end-of-sequence, unless the seed says otherwise
     min_output_len: int = 16
     max_output_len: int = 256
@@ -34,10 +36,14 @@ class MockerConfig:
         p.add_argument("--block-size", type=int, default=None, help="KV block size in tokens (default 16)")
         p.add_argument("--num-gpu-blocks-override", type=int, default=cls.num_gpu_blocks_override,
                        help="simulated KV cache size in blocks")
-        p.add_argument("--max-num-seqs", type=int, default=cls.max_num_seqs)
-        p.add_argument("--max-num-batched-tokens", type=int, default=cls.max_num_batched_tokens)
+        p.add_argument("--max-num-seqs", type=int, default=cls.max_num_seqs,
+                       help="most requests running at once (more wait)")
+        p.add_argument("--max-num-batched-tokens", type=int, default=cls.max_num_batched_tokens,
+                       help="token budget of one scheduler step (prefill is chunked to fit)")
         p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                       default=cls.enable_prefix_caching)
+                       default=cls.enable_prefix_caching, help="reuse cached prompt prefixes (KV events need it)")
+        p.add_argument("--watermark", type=float, default=cls.watermark,
+                       help="share of KV blocks kept free when admitting a new request")
         p.add_argument("--min-output-len", type=int, default=cls.min_output_len)
         p.add_argument("--max-output-len", type=int, default=cls.max_output_len)
         p.add_argument("--startup-time", type=float, default=cls.startup_time,
@@ -51,6 +57,12 @@ class MockerConfig:
         values["block_size"] = ns.block_size or kv_block_size or cls.block_size
         if values["speedup_ratio"] <= 0 or values["decode_speedup_ratio"] <= 0:
             raise ValueError("--speedup-ratio and --decode-speedup-ratio must be > 0")
+        if values["block_size"] <= 0 or values["num_gpu_blocks_override"] <= 0:
+            raise ValueError("--block-size and --num-gpu-blocks-override must be > 0")
+        if values["max_num_seqs"] <= 0 or values["max_num_batched_tokens"] <= 0:
+            raise ValueError("--max-num-seqs and --max-num-batched-tokens must be > 0")
+        if not 0 <= values["watermark"] < 1:
+            raise ValueError("--watermark must be in [0, 1)")
         if values["min_output_len"] > values["max_output_len"]:
             raise ValueError("--min-output-len must not exceed --max-output-len")
         return cls(**values)

@@ -8,7 +8,14 @@
 """
 
 from dynamo.plugin import errors
-from dynamo.plugin.capabilities import LoadMetrics, ReportsLoad
+from dynamo.plugin.capabilities import (
+    KvEvent,
+    KvEventKind,
+    KvEventSink,
+    LoadMetrics,
+    PublishesKvEvents,
+    ReportsLoad,
+)
 from dynamo.plugin.engine import Engine, EngineContext, EngineSpec
 from dynamo.plugin.errors import (
     DynamoError,
@@ -48,6 +55,10 @@ __all__ = [
     "ModelInfo",
     "LoadMetrics",
     "ReportsLoad",
+    "KvEvent",
+    "KvEventKind",
+    "KvEventSink",
+    "PublishesKvEvents",
     "DynamoError",
     "InvalidRequest",
     "EngineError",

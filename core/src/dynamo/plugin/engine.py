@@ -57,21 +57,38 @@ class Engine(abc.ABC):
     def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         """Stream the continuation of ``request.token_ids`` as deltas of new token ids.
 
-        The last delta carries ``finish_reason`` and ``usage``. Raise ``InvalidRequest`` for
-        requests the engine cannot serve and ``EngineError`` for failures. When the consumer stops
-        iterating (``aclose`` on the generator), the engine request must be released.
+        The last delta, and only it, carries ``finish_reason`` and ``usage``
+        (``usage.prompt_tokens`` is the prompt's length, ``usage.completion_tokens`` the number of
+        tokens streamed). A stop token id ends the stream with ``FinishReason.STOP`` (also under
+        ``ignore_eos``, which ignores only the model's EOS) and is not part of the output. Raise
+        ``InvalidRequest`` for requests the engine cannot serve (an empty prompt, a prompt or
+        ``max_tokens`` beyond the context) and ``EngineError`` for failures, at the latest when the
+        stream is first iterated (an ``async def`` generator raises there anyway). When the
+        consumer stops iterating (``aclose`` on the generator), the engine request must be released.
+
+        After ``aclose``, ``generate`` raises ``EngineError``; prefer its subclass
+        ``EngineShutdown``, which tells the frontend that the request may be migrated to another
+        worker.
         """
 
     @abc.abstractmethod
     async def abort(self, request_id: str) -> None:
-        """Stop ``request_id`` early; unknown or finished ids are ignored."""
+        """Stop ``request_id`` early; unknown or finished ids are ignored.
+
+        The request's open stream then ends with a final delta whose ``finish_reason`` is
+        ``FinishReason.CANCELLED`` (it may carry the last tokens too), instead of running to its
+        end; an engine that implements ``ReportsLoad`` then no longer counts it as active.
+        """
 
     async def check_health(self) -> None:
         """Raise ``EngineError`` when the engine cannot serve. The default trusts the engine."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:
-        """Release the engine. Safe to call twice and after a failed ``start``."""
+        """Release the engine. Safe to call twice, before ``start`` and after a failed ``start``.
+
+        From then on ``generate`` raises ``EngineError`` (preferably ``EngineShutdown``).
+        """
 
     async def __aenter__(self) -> "Engine":
         return self

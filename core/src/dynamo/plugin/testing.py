@@ -2,20 +2,29 @@
 
 An engine package runs it from its own tests by subclassing ``EngineConformance``::
 
+    import pytest
     from dynamo.plugin import EngineContext
     from dynamo.plugin.testing import EngineConformance
 
     class TestAcmeEngine(EngineConformance):
         max_tokens = 8                      # keep the suite fast
 
+        @pytest.fixture(scope="class")
+        @classmethod
+        def engine_environment(cls, tmp_path_factory):   # optional: prepare the process first
+            cls.model_dir = tmp_path_factory.mktemp("model")
+            yield
+
         def make_engine(self):
-            return acme_plugin.build(EngineContext(argv=["--model-path", "/models/tiny"]))
+            return acme_plugin.build(EngineContext(argv=["--model-path", str(self.model_dir)]))
 
 pytest collects the subclass (its name starts with ``Test``) and runs every ``test_*`` method on one
-engine, built with ``make_engine`` and started once per class. Override the class-scoped fixture
-``engine_environment`` to prepare the process first (environment variables, a fake engine library on
-``sys.path``). The lifecycle tests build fresh engines of their own while the shared one runs, so size
-GPU memory for two.
+engine, built with ``make_engine`` and started once per class (the class's tests share one event
+loop). ``engine_environment`` is a class-scoped fixture run before the engine is built: override it
+(as a classmethod) for environment variables, a model directory, or a fake engine library on
+``sys.path``. The lifecycle tests build fresh engines of their own while the shared one runs, so size
+GPU memory for two. Attributes such as ``max_tokens``, ``long_max_tokens``, ``concurrency`` and
+``timeout_s`` tune the suite; ``prompt`` must hold token ids the model knows.
 
 What the suite holds an engine to (the ``Engine`` contract, made concrete):
 
@@ -64,7 +73,7 @@ from dynamo.plugin.types import (
     StopConditions,
 )
 
-__all__ = ["EngineConformance", "StartedEngine", "collect", "drain"]
+__all__ = ["EngineConformance", "StartedEngine", "collect", "drain", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -80,9 +89,9 @@ async def drain(stream: AsyncIterator[Delta]) -> list[Delta]:
     return [delta async for delta in stream]
 
 
-async def collect(engine: Engine, request: GenerateRequest, timeout: float) -> list[Delta]:
-    """Run ``request`` to its end and return its deltas; fail if it takes longer than ``timeout``."""
-    return await asyncio.wait_for(drain(engine.generate(request)), timeout)
+async def collect(engine: Engine, request: GenerateRequest, limit_s: float) -> list[Delta]:
+    """Run ``request`` to its end and return its deltas; fail if it takes longer than ``limit_s``."""
+    return await asyncio.wait_for(drain(engine.generate(request)), limit_s)
 
 
 def tokens(deltas: Sequence[Delta]) -> list[int]:
@@ -252,7 +261,9 @@ class EngineConformance:
 
     # ---------------------------------------------------------------- cancellation
 
-    async def test_closing_the_stream_releases_the_request(self, engine: Engine, model_info: ModelInfo) -> None:
+    async def test_closing_the_stream_releases_the_request(
+        self, engine: Engine, model_info: ModelInfo
+    ) -> None:
         request = self.make_request(self.long_request_tokens(model_info))
         stream, _ = await self.open_stream(engine, request)
         await asyncio.wait_for(stream.aclose(), self.timeout_s)  # type: ignore[attr-defined]

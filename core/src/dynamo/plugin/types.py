@@ -69,7 +69,8 @@ class GenerateRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     output: OutputOptions = msgspec.field(default_factory=OutputOptions)
     #: the model's end-of-sequence ids, as the frontend's tokenizer knows them
     eos_token_ids: list[int] = msgspec.field(default_factory=list)
-    #: free-form extension data (structured output, engine-specific knobs)
+    #: free-form extension data: ``"response_format"`` (OpenAI's object, only for engines whose
+    #: ``ModelInfo.response_formats`` lists its type), engine-specific knobs
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -110,3 +111,7 @@ class ModelInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     total_kv_blocks: int | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    #: the OpenAI ``response_format`` types the engine enforces besides "text" ("json_object",
+    #: "json_schema"); the frontend refuses others with a 400. The request carries the format as
+    #: ``GenerateRequest.extra["response_format"]``, exactly as the client sent it.
+    response_formats: list[str] = msgspec.field(default_factory=list)

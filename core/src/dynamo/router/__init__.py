@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING, Any
 
 from dynamo.router.base import RouteRequest, Router, Worker
 
-__all__ = ["RouterMode", "Router", "RouteRequest", "Worker", "create_router"]
+if TYPE_CHECKING:
+    from dynamo.runtime.records import ModelCard
+
+__all__ = ["RouterMode", "Router", "RouteRequest", "Worker", "create_router", "router_for_model"]
 
 
 class RouterMode(str, enum.Enum):
@@ -30,6 +34,25 @@ def create_router(mode: RouterMode | str, **options: object) -> Router:
         from dynamo.router.basic import LeastLoadedRouter
 
         return LeastLoadedRouter()
-    from dynamo.router.kv import KvRouter  # type: ignore[import-not-found]
+    from dynamo.router.kv import KvRouter
 
-    return KvRouter(**options)  # type: ignore[no-any-return]
+    return KvRouter(**options)  # type: ignore[arg-type]
+
+
+def router_for_model(settings: Any, card: ModelCard) -> Router:
+    """The router a frontend uses for one model, from its settings (``FrontendSettings``).
+
+    In KV mode the router hashes blocks of the model card's KV block size, unless the frontend's
+    ``--kv-cache-block-size`` overrides it, and follows the workers' events on the event plane
+    (unless ``--no-router-kv-events``).
+    """
+    mode = RouterMode(settings.router_mode)
+    if mode is not RouterMode.KV:
+        return create_router(mode)
+    from dynamo.router.kv import KvRouterConfig
+    from dynamo.runtime.events import create_subscriber
+
+    block_size = settings.kv_cache_block_size or card.kv_cache_block_size
+    config = KvRouterConfig.from_settings(settings, block_size, card.display_name)
+    subscriber = create_subscriber(settings) if config.use_kv_events else None
+    return create_router(mode, config=config, subscriber=subscriber)

@@ -43,6 +43,9 @@ class Router(abc.ABC):
     def on_start(self, worker: Worker, request: RouteRequest) -> None:
         """The request was sent to ``worker``."""
 
+    def on_first_token(self, worker: Worker, request: RouteRequest) -> None:
+        """The first response arrived from ``worker``: the prompt is prefilled."""
+
     def on_end(self, worker: Worker, request: RouteRequest) -> None:
         """The request finished on ``worker`` (successfully or not)."""
 

@@ -123,6 +123,7 @@ class PushRouter:
                     async for delta in stream:
                         if not started:
                             started = True
+                            router.on_first_token(worker, route)
                             if on_worker is not None:
                                 on_worker(worker)
                         yield delta

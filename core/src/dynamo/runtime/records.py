@@ -67,6 +67,8 @@ class ModelCard(msgspec.Struct, kw_only=True):
     model_input: str = "tokens"
     worker_type: str = "aggregated"
     runtime_config: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    #: OpenAI response_format types the engine enforces besides "text" (from ``ModelInfo``)
+    response_formats: list[str] = msgspec.field(default_factory=list)
 
 
 def encode(record: InstanceRecord | ModelCard) -> bytes:

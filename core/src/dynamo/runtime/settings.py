@@ -45,7 +45,7 @@ def default_file_kv_root() -> str:
 class RuntimeSettings(BaseSettings):
     """Where processes meet: namespace, discovery and request plane."""
 
-    model_config = SettingsConfigDict(env_prefix="DYN_", extra="ignore", use_enum_values=False)
+    model_config = SettingsConfigDict(env_prefix="DYN_", extra="ignore", use_enum_values=False, populate_by_name=True)
 
     namespace: str = Field("dynamo", description="namespace this process serves or watches")
     discovery_backend: DiscoveryBackend = Field(

@@ -50,6 +50,9 @@ class WorkerHost:
         if limit and self.server is not None and self.server.active_streams > limit:
             raise Overloaded(f"worker is at its limit of {limit} concurrent requests", retry_after=1)
         self.requests_total += 1
+        if log.isEnabledFor(logging.INFO):  # the frontend's request id, so one request greps across processes
+            log.info("request %s: %d prompt tokens, max_tokens %s", request.request_id, len(request.token_ids),
+                     request.stop.max_tokens)
         return self.engine.generate(request)
 
     @property
@@ -101,6 +104,7 @@ class WorkerHost:
                 total_kv_blocks=info.total_kv_blocks, max_num_seqs=info.max_num_seqs,
                 max_num_batched_tokens=info.max_num_batched_tokens,
             ),
+            response_formats=list(info.response_formats),
         )
         ikey = records.instance_key(s.namespace, s.component, s.endpoint, iid)
         mkey = records.model_card_key(s.namespace, s.component, s.endpoint, iid)

@@ -1,0 +1,15 @@
+"""``python -m dynamo.sglang ...`` is ``python -m dynamo.worker --engine sglang ...``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    from dynamo.worker.main import main as worker_main
+
+    worker_main(["--engine", "sglang", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()

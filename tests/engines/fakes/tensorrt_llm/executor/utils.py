@@ -1,0 +1,2 @@
+class RequestError(RuntimeError):
+    """An error the executor reports for one request (raised while iterating its result)."""
