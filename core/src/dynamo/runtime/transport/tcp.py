@@ -34,7 +34,7 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 class _Writer:
     """Coalesces frames and writes them once per event-loop iteration; honours back-pressure."""
 
-    __slots__ = ("_transport", "_out", "_scheduled", "_loop", "_resumed")
+    __slots__ = ("_transport", "_out", "_scheduled", "_loop", "_resumed", "paused")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
@@ -43,6 +43,8 @@ class _Writer:
         self._loop = asyncio.get_running_loop()
         self._resumed = asyncio.Event()
         self._resumed.set()
+        #: the transport's buffer is full: producers must ``await drain()``
+        self.paused = False
 
     def send(self, data: bytes) -> None:
         self._out.append(data)
@@ -57,9 +59,11 @@ class _Writer:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def pause(self) -> None:
+        self.paused = True
         self._resumed.clear()
 
     def resume(self) -> None:
+        self.paused = False
         self._resumed.set()
 
     async def drain(self) -> None:
@@ -141,7 +145,8 @@ class _ServerProtocol(asyncio.Protocol):
             try:
                 async for delta in stream:
                     send(delta_frame(stream_id, delta))
-                    await writer.drain()
+                    if writer.paused:  # a plain attribute test: no coroutine per token
+                        await writer.drain()
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
             writer.send(codec.frame(Kind.END, stream_id))
