@@ -122,3 +122,73 @@ def test_the_engine_attributes_the_plugin_reads_exist() -> None:
     assert "max_total_num_tokens" in inspect.getsource(sys.modules["sglang.srt.managers.scheduler"])
     assert "self.context_len" in inspect.getsource(TokenizerManager)
     assert callable(Engine.shutdown)
+
+
+# ------------------------------------------------------------------------------ KV events
+
+KV_EVENTS_SURFACE = """
+import json, msgspec
+from sglang.srt.disaggregation import kv_events as k
+
+def fields(cls):
+    return list(cls.__struct_fields__)
+
+print(json.dumps({
+    "stored": fields(k.BlockStored), "removed": fields(k.BlockRemoved), "batch": fields(k.KVEventBatch),
+    "config": [f for f in k.KVEventsConfig.model_fields],
+    "offsets": [k.ZmqEventPublisher.offset_endpoint_port(e, r)
+                for e, r in [("tcp://*:5557", 0), ("tcp://*:5557", 3), ("inproc://c", 2)]],
+    "end_seq": k.ZmqEventPublisher.END_SEQ.hex(),
+    "payload": msgspec.msgpack.encode(k.KVEventBatch(ts=1.0, events=[
+        k.BlockStored(block_hashes=[-7, 8], parent_block_hash=None, token_ids=[1, 2, 3, 4], block_size=2,
+                      lora_id=None, medium="GPU"),
+        k.BlockRemoved(block_hashes=[-7]),
+        k.AllBlocksCleared(),
+    ], attn_dp_rank=0)).hex(),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_kv() -> dict:
+    code = f"import sys; sys.path.insert(0, {str(FAKES_DIR)!r})\n" + KV_EVENTS_SURFACE
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def real_kv() -> dict:
+    out = subprocess.run([sys.executable, "-c", KV_EVENTS_SURFACE], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_fakes_kv_events_are_sglangs(fake_kv: dict, real_kv: dict) -> None:
+    for key in ("stored", "removed", "batch", "offsets", "end_seq", "payload"):
+        assert fake_kv[key] == real_kv[key], key
+    assert set(fake_kv["config"]) <= set(real_kv["config"])
+
+
+def test_the_plugin_decodes_what_sglang_encodes(real_kv: dict) -> None:
+    from dynamo.sglang.kv_events import KvEventBridge
+
+    calls: list[tuple] = []
+
+    class Recorder:
+        def on_stored(self, *args: object) -> None:
+            calls.append(("stored", *args))
+
+        def on_removed(self, hashes: list[int]) -> None:
+            calls.append(("removed", hashes))
+
+        def on_cleared(self) -> None:
+            calls.append(("cleared",))
+
+    KvEventBridge(Recorder(), expected_block_size=2).handle_frames(
+        [b"", (0).to_bytes(8, "big"), bytes.fromhex(real_kv["payload"])]
+    )
+    assert calls == [
+        ("stored", [2**64 - 7, 8], None, [1, 2, 3, 4], 2),
+        ("removed", [2**64 - 7]),
+        ("cleared",),
+    ]

@@ -107,7 +107,11 @@ def test_flags_become_llm_arguments(fake_tensorrt_llm: None) -> None:
         "max_batch_size": 16,
         "max_seq_len": 2048,
         "tensor_parallel_size": 1,
-        "kv_cache_config": {"free_gpu_memory_fraction": 0.5, "tokens_per_block": 64},
+        "kv_cache_config": {
+            "free_gpu_memory_fraction": 0.5,
+            "tokens_per_block": 64,
+            "event_buffer_max_size": 100_000,  # KV events for KV-aware routers
+        },
     }
 
 

@@ -21,14 +21,23 @@ DEFAULT_BLOCK_SIZE = 16
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise errors.PluginError(f"invalid acme flags: {message} (see python -m dynamo.worker --engine acme --help)")
+        raise errors.PluginError(
+            f"invalid acme flags: {message} (see python -m dynamo.worker --engine acme --help)"
+        )
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m dynamo.worker --engine acme", add_help=False,
-                description="Acme's n-gram engine: continues a prompt from the prompt's own bigrams.")
-    p.add_argument("--context-length", type=int, help="prompt plus output tokens (default: the model's "
-                   f"max_position_embeddings, else {DEFAULT_CONTEXT_LENGTH})")
+    p = _Parser(
+        prog="python -m dynamo.worker --engine acme",
+        add_help=False,
+        description="Acme's n-gram engine: continues a prompt from the prompt's own bigrams.",
+    )
+    p.add_argument(
+        "--context-length",
+        type=int,
+        help="prompt plus output tokens (default: the model's "
+        f"max_position_embeddings, else {DEFAULT_CONTEXT_LENGTH})",
+    )
     p.add_argument("--step-ms", type=float, default=0.0, help="milliseconds per generated token (default 0)")
     return p
 
@@ -46,7 +55,7 @@ class AcmeConfig:
         flags = parser().parse_args(list(ctx.argv))
         if not ctx.model_path:
             raise errors.PluginError(
-                "the acme engine needs --model-path DIR: the model directory whose tokenizer the frontend uses"
+                "the acme engine needs --model-path DIR, the model whose tokenizer the frontend uses"
             )
         model = Path(ctx.model_path)
         context_length = flags.context_length or model_context_length(model) or DEFAULT_CONTEXT_LENGTH

@@ -33,9 +33,17 @@ from acme_engine.model import Bigrams
 
 @dataclass
 class _Request:
-    """What ``abort`` needs to reach an open stream."""
+    """One request in flight: its model, how far it got, and whether ``abort`` asked it to stop."""
 
+    model: Bigrams
+    rng: random.Random | None
+    prompt_tokens: int
+    produced: int = 0
     cancelled: bool = False
+
+    def last(self, token_ids: list[int], reason: FinishReason) -> Delta:
+        usage = Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.produced)
+        return Delta(token_ids, reason, usage)
 
 
 class AcmeEngine(Engine):
@@ -74,52 +82,42 @@ class AcmeEngine(Engine):
 
     # ---------------------------------------------------------------- requests
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:  # type: ignore[override]
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         limit = max_new_tokens(request, self._serving().context_length)
         rid = request.request_id
         if rid in self._active:
             raise InvalidRequest(f"request id {rid!r} is already in flight", param="request_id")
-        state = self._active[rid] = _Request()
+        state = _Request(Bigrams(request.token_ids), sampler(request), len(request.token_ids))
+        self._active[rid] = state
         try:
-            async for delta in self._stream(request, state, limit):
+            while state.produced < limit:
+                await asyncio.sleep(self.config.step_s)  # one step; other requests run meanwhile
+                delta = self._step(request, state, limit)
                 yield delta
+                if delta.finish_reason is not None:
+                    return
+            yield state.last([], FinishReason.LENGTH)  # max_tokens=0
         finally:  # finished, aborted, failed, or the consumer closed the stream
             self._active.pop(rid, None)
 
-    async def _stream(self, request: GenerateRequest, state: _Request, limit: int) -> AsyncIterator[Delta]:
-        model = Bigrams(request.token_ids)
-        rng = sampler(request)
+    def _step(self, request: GenerateRequest, state: _Request, limit: int) -> Delta:
+        """The next token of ``request`` as a delta, or the stream's last delta."""
+        if self._closed:
+            raise EngineShutdown("the acme engine shut down during the request")
+        if state.cancelled:
+            return state.last([], FinishReason.CANCELLED)
+        token = state.model.next_token(state.rng)
         stop = request.stop
-        stop_ids = set(stop.stop_token_ids)
-        eos_ids = set() if stop.ignore_eos else set(request.eos_token_ids)
-        produced = 0
-
-        def last(tokens: list[int], reason: FinishReason) -> Delta:
-            usage = Usage(prompt_tokens=len(request.token_ids), completion_tokens=produced)
-            return Delta(tokens, reason, usage)
-
-        while produced < limit:
-            await asyncio.sleep(self.config.step_s)
-            if self._closed:
-                raise EngineShutdown("the acme engine shut down during the request")
-            if state.cancelled:
-                yield last([], FinishReason.CANCELLED)
-                return
-            token = model.next_token(rng)
-            if produced >= (stop.min_tokens or 0):
-                if token in stop_ids:  # the stop token is not part of the output
-                    yield last([], FinishReason.STOP)
-                    return
-                if token in eos_ids:
-                    yield last([], FinishReason.EOS)
-                    return
-            model.append(token)
-            produced += 1
-            if produced == limit:
-                yield last([token], FinishReason.LENGTH)
-                return
-            yield Delta([token])
-        yield last([], FinishReason.LENGTH)  # max_tokens=0
+        if state.produced >= (stop.min_tokens or 0):
+            if token in stop.stop_token_ids:  # the stop token is not part of the output
+                return state.last([], FinishReason.STOP)
+            if not stop.ignore_eos and token in request.eos_token_ids:
+                return state.last([], FinishReason.EOS)
+        state.model.append(token)
+        state.produced += 1
+        if state.produced == limit:
+            return state.last([token], FinishReason.LENGTH)
+        return Delta([token])
 
     async def abort(self, request_id: str) -> None:
         state = self._active.get(request_id)
@@ -140,13 +138,15 @@ def max_new_tokens(request: GenerateRequest, context_length: int) -> int:
         raise InvalidRequest("the prompt is empty", param="prompt")
     room = context_length - n
     if room < 1:
-        raise InvalidRequest(f"the prompt has {n} tokens; the context length is {context_length}", param="prompt")
+        raise InvalidRequest(
+            f"the prompt has {n} tokens; the context length is {context_length}", param="prompt"
+        )
     wanted = request.stop.max_tokens
     if wanted is None:
         return room
     if wanted < 0 or wanted > room:
         raise InvalidRequest(
-            f"max_tokens={wanted} does not fit: the prompt has {n} tokens, the context length is {context_length}",
+            f"max_tokens={wanted} does not fit: prompt {n} tokens, context length {context_length}",
             param="max_tokens",
         )
     return wanted

@@ -17,11 +17,16 @@ Follows **sglang 0.5.21 - 0.5.23** as ``shared/reference/engine-apis.md`` sectio
 - ``engine.tokenizer_manager.abort_request(rid=..., abort_all=False)`` (sync); closing the stream
   does not abort the request (as in 0.5.21; 0.5.23 aborts it);
 - ``engine._scheduler_init_result.scheduler_infos[0]`` holds the capacity (``max_total_num_tokens``,
-  ``max_req_input_len``); ``engine.shutdown()``.
+  ``max_req_input_len``); ``engine.flush_cache()``; ``engine.shutdown()``;
+- with ``--kv-events-config '{"publisher": "zmq", ...}'`` the scheduler publishes its prefix cache's
+  events (section 2.5): ``BlockStored`` per page (SHA-256-chained, signed int64 hashes, coalesced),
+  ``BlockRemoved`` on eviction, ``AllBlocksCleared`` on ``flush_cache``, over SGLang's
+  ``ZmqEventPublisher`` (``srt/disaggregation/kv_events.py``: PUB + ROUTER replay, the wire format).
 
 Checked against the real sglang 0.5.23 package by ``tests/engines/test_sglang_fake_parity.py``.
 
-Not modelled: text prompts, tokenizers, logprobs, multimodal inputs, KV events, metrics sockets.
+Not modelled: text prompts, tokenizers, logprobs, multimodal inputs, data-parallel ranks, the
+``KvMetrics`` socket.
 """
 
 from sglang.srt.entrypoints.engine import Engine

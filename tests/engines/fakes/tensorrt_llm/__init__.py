@@ -15,10 +15,13 @@ Follows **tensorrt-llm 1.2 / 1.3.0rc** as ``shared/reference/engine-apis.md`` se
 - ``result.abort()`` on the handle (there is no abort by id); the stream then finishes ``cancelled``;
 - ``llm.get_stats_async(timeout)`` iterates per-iteration stats dicts (camelCase keys) when
   ``enable_iter_perf_stats=True``, and stops after ``timeout`` seconds without one;
-- ``generate_async`` raises ``RuntimeError("LLM is shutting down")`` after ``llm.shutdown()``.
+- ``generate_async`` raises ``RuntimeError("LLM is shutting down")`` after ``llm.shutdown()``;
+- ``llm.get_kv_cache_events_async(timeout)`` iterates KV cache event dicts (section 3.5: ``created``,
+  ``stored`` with blocks of tokens, ``removed``; consecutive ``event_id``s) when ``kv_cache_config``
+  has ``event_buffer_max_size > 0`` and ``enable_block_reuse`` (``executor/kv_cache.py``).
 
 Not modelled: text prompts and detokenization, logprobs, beam search, n > 1, disaggregated params,
-KV cache events, multi-GPU.
+``updated`` KV events (priorities, host offload), TensorRT-LLM's own block hash, multi-GPU.
 """
 
 from tensorrt_llm.llmapi.llm import LLM, RequestOutput

@@ -14,6 +14,10 @@ come back as SGLang chunks, turned into ``Delta``s by ``ChunkReader``:
 Abort goes through the tokenizer manager (``abort_request(rid=...)``). Closing a stream does not abort
 an SGLang request by itself, so ``generate`` aborts every request it leaves unfinished.
 
+KV events (``PublishesKvEvents``): with ``--kv-events-config '{"publisher": "zmq", ...}'`` SGLang
+publishes its prefix cache's changes over ZMQ; ``kv_events`` subscribes to each data-parallel rank's
+publisher once the engine is up and mirrors them into Dynamo's ``KvEvent``s.
+
 This module never imports sglang at import time; ``start`` does.
 """
 
@@ -33,12 +37,15 @@ from dynamo.plugin import (
     FinishReason,
     GenerateRequest,
     InvalidRequest,
+    KvEvent,
+    KvEventSink,
     LoadMetrics,
     ModelInfo,
     Usage,
     errors,
 )
 from dynamo.sglang import args
+from dynamo.sglang.kv_events import KvCacheMirror, KvEventBridge, ZmqKvEventSubscriber, kv_event_sources
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ SAMPLING_KEYS = {
 
 
 class SglangEngine(Engine):
-    """One ``sglang.Engine``; implements ``ReportsLoad`` (``load_metrics``)."""
+    """One ``sglang.Engine``; implements ``ReportsLoad`` and ``PublishesKvEvents``."""
 
     #: seconds ``aclose`` waits for aborted streams to end before shutting SGLang down
     drain_timeout_s: float = 5.0
@@ -70,6 +77,8 @@ class SglangEngine(Engine):
         self._idle.set()
         self._aborted: set[str] = set()
         self._closed = False
+        self._kv_mirror = KvCacheMirror()
+        self._kv_subscribers: list[ZmqKvEventSubscriber] = []
 
     @classmethod
     def from_context(cls, ctx: EngineContext) -> SglangEngine:
@@ -88,7 +97,20 @@ class SglangEngine(Engine):
         except Exception as exc:
             raise EngineError(f"sglang failed to start: {exc}") from exc
         self._info = model_info(self._engine)
+        self._start_kv_events(self._info.kv_block_size)
         return self._info
+
+    def _start_kv_events(self, block_size: int) -> None:
+        """Follow SGLang's KV-event publishers (one per data-parallel rank), if it runs any."""
+        try:
+            sources = kv_event_sources(self.server_args)
+        except ValueError as exc:
+            raise EngineError(f"sglang: {exc}") from exc
+        for source in sources:
+            bridge = KvEventBridge(self._kv_mirror, expected_block_size=block_size)
+            subscriber = ZmqKvEventSubscriber(source, bridge)
+            subscriber.start()
+            self._kv_subscribers.append(subscriber)
 
     async def check_health(self) -> None:
         self._serving()
@@ -97,6 +119,10 @@ class SglangEngine(Engine):
         if self._closed:
             return
         self._closed = True
+        self._kv_mirror.sink = None
+        subscribers, self._kv_subscribers = self._kv_subscribers, []
+        for subscriber in subscribers:
+            await subscriber.aclose()
         engine, self._engine = self._engine, None
         if engine is None:
             return
@@ -172,6 +198,14 @@ class SglangEngine(Engine):
         # counted here, capacity comes from the scheduler's start-up report
         total = self._info.total_kv_blocks if self._info else None
         return LoadMetrics(active_requests=len(self._active), kv_total_blocks=total or 0)
+
+    def set_kv_event_sink(self, sink: KvEventSink | None) -> None:
+        """``PublishesKvEvents``: pass every prefix-cache change to ``sink`` from now on."""
+        self._kv_mirror.sink = sink
+
+    def kv_snapshot(self) -> list[KvEvent]:
+        """``PublishesKvEvents``: the cache as it is now, as ``STORED`` events (parents first)."""
+        return self._kv_mirror.snapshot()
 
 
 class ChunkReader:

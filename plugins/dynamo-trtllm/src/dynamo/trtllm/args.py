@@ -3,6 +3,9 @@
 The LLM API has no argument parser of its own, so this module has one, with Dynamo's flag names.
 ``--extra-engine-args`` names a YAML file of ``LLM`` keyword arguments (nested, as ``trtllm-serve``'s
 ``--extra_llm_api_options``). Precedence: explicit flags, then the YAML file, then the defaults.
+KV cache events are on by default where block reuse is (``kv_cache_config.event_buffer_max_size``,
+the size Dynamo sets, for KV-aware routing); the YAML file may set the size, 0 turns them off, and so
+does ``DYN_TRTLLM_KV_EVENTS=0``.
 Nested sections such as ``kv_cache_config`` stay plain dicts here; ``TrtllmEngine.start`` turns them
 into TensorRT-LLM's classes, so this module never imports tensorrt_llm (``require_tensorrt_llm`` does).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -25,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "kv_cache_config": {},
 }
 DEFAULT_TOKENS_PER_BLOCK = 32  # TensorRT-LLM's KvCacheConfig default
+#: KV cache events kept for the plugin to read (Dynamo's value); 0 = no events
+DEFAULT_EVENT_BUFFER_MAX_SIZE = 100_000
 
 
 def require_tensorrt_llm() -> None:
@@ -99,6 +105,8 @@ class TrtllmConfig:
         tokens_per_block = ns.tokens_per_block or ctx.kv_block_size  # the worker's --kv-cache-block-size
         if tokens_per_block:
             kv["tokens_per_block"] = tokens_per_block
+        if kv_events_wanted() and kv.get("enable_block_reuse", True):  # no reuse, no events
+            kv.setdefault("event_buffer_max_size", DEFAULT_EVENT_BUFFER_MAX_SIZE)
         kwargs["kv_cache_config"] = kv
         kwargs.pop("model", None)
         return cls(
@@ -108,6 +116,16 @@ class TrtllmConfig:
     @property
     def tokens_per_block(self) -> int:
         return int(self.llm_kwargs["kv_cache_config"].get("tokens_per_block") or DEFAULT_TOKENS_PER_BLOCK)
+
+    @property
+    def kv_events(self) -> bool:
+        """Whether TensorRT-LLM reports KV cache events: an event buffer and block reuse."""
+        kv = self.llm_kwargs["kv_cache_config"]
+        return int(kv.get("event_buffer_max_size") or 0) > 0 and bool(kv.get("enable_block_reuse", True))
+
+
+def kv_events_wanted() -> bool:
+    return os.environ.get("DYN_TRTLLM_KV_EVENTS", "1").lower() not in ("0", "false", "off", "no")
 
 
 def read_yaml(path: str) -> dict[str, Any]:

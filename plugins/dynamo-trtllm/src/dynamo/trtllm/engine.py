@@ -8,8 +8,9 @@ which is the contract's rule too.
 
 There is no abort by id in the LLM API: the handle aborts (``result.abort()``), so the engine keeps a
 request-id to handle map. Load comes from ``get_stats_async`` (iteration stats, needs
-``enable_iter_perf_stats``), polled by a background task. KV events (``get_kv_cache_events_async``)
-are not bridged yet.
+``enable_iter_perf_stats``), polled by a background task. KV events (``PublishesKvEvents``) come from
+``get_kv_cache_events_async`` (needs ``event_buffer_max_size > 0`` and block reuse), polled by another
+task and translated by ``kv_events``; both tasks stop before TensorRT-LLM shuts down.
 
 This module never imports tensorrt_llm at import time; ``start`` does.
 """
@@ -31,12 +32,15 @@ from dynamo.plugin import (
     FinishReason,
     GenerateRequest,
     InvalidRequest,
+    KvEvent,
+    KvEventSink,
     LoadMetrics,
     ModelInfo,
     Usage,
     errors,
 )
 from dynamo.trtllm.args import TrtllmConfig, require_tensorrt_llm
+from dynamo.trtllm.kv_events import KvCacheMirror, KvEventTranslator
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +58,14 @@ SAMPLING_FIELDS = (
 
 
 class TrtllmEngine(Engine):
-    """One ``tensorrt_llm.LLM``; implements ``ReportsLoad`` (``load_metrics``)."""
+    """One ``tensorrt_llm.LLM``; implements ``ReportsLoad`` and ``PublishesKvEvents``."""
 
     #: seconds one ``get_stats_async`` pass waits for a stats record; pause between passes
     stats_timeout_s: float = 0.5
     stats_interval_s: float = 0.2
+    #: the same for ``get_kv_cache_events_async``
+    kv_events_timeout_s: float = 0.5
+    kv_events_interval_s: float = 0.05
     #: seconds ``aclose`` waits for aborted streams to end before shutting TensorRT-LLM down
     drain_timeout_s: float = 5.0
 
@@ -72,6 +79,8 @@ class TrtllmEngine(Engine):
         self._aborted: set[str] = set()
         self._stats: dict[str, Any] = {}
         self._stats_task: asyncio.Task[None] | None = None
+        self._kv_mirror = KvCacheMirror()
+        self._kv_task: asyncio.Task[None] | None = None
         self._closed = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -90,8 +99,11 @@ class TrtllmEngine(Engine):
         except Exception as exc:
             raise EngineError(f"tensorrt_llm failed to start: {exc}") from exc
         self._info = self._model_info()
+        loop = asyncio.get_running_loop()
         if kwargs.get("enable_iter_perf_stats"):
-            self._stats_task = asyncio.get_running_loop().create_task(self._poll_stats())
+            self._stats_task = loop.create_task(self._poll_stats())
+        if self.config.kv_events:
+            self._kv_task = loop.create_task(self._poll_kv_events())
         return self._info
 
     def _model_info(self) -> ModelInfo:
@@ -125,9 +137,12 @@ class TrtllmEngine(Engine):
         if self._closed:
             return
         self._closed = True
-        if self._stats_task is not None:
-            self._stats_task.cancel()
-            await asyncio.wait({self._stats_task}, timeout=self.drain_timeout_s)
+        self._kv_mirror.sink = None
+        pollers = {t for t in (self._stats_task, self._kv_task) if t is not None}
+        for task in pollers:
+            task.cancel()
+        if pollers:
+            await asyncio.wait(pollers, timeout=self.drain_timeout_s)
         llm, self._llm = self._llm, None
         if llm is None:
             return
@@ -263,6 +278,27 @@ class TrtllmEngine(Engine):
             except Exception:  # stats are best effort; the engine keeps serving without them
                 log.debug("trtllm: get_stats_async failed", exc_info=True)
             await asyncio.sleep(self.stats_interval_s)
+
+    async def _poll_kv_events(self) -> None:
+        llm = self._llm
+        translator = KvEventTranslator(self._kv_mirror, self.config.tokens_per_block)
+        while not self._closed:
+            try:
+                async for event in llm.get_kv_cache_events_async(timeout=self.kv_events_timeout_s):
+                    translator.handle(json.loads(event) if isinstance(event, str) else event)
+                    if self._closed:
+                        return
+            except Exception:  # a bad event must not stop the others; the engine keeps serving
+                log.warning("trtllm: reading KV cache events failed", exc_info=True)
+            await asyncio.sleep(self.kv_events_interval_s)
+
+    def set_kv_event_sink(self, sink: KvEventSink | None) -> None:
+        """``PublishesKvEvents``: pass every prefix-cache change to ``sink`` from now on."""
+        self._kv_mirror.sink = sink
+
+    def kv_snapshot(self) -> list[KvEvent]:
+        """``PublishesKvEvents``: the cache as it is now, as ``STORED`` events (parents first)."""
+        return self._kv_mirror.snapshot()
 
 
 def submit(llm: Any, request: GenerateRequest, params: Any) -> Any:

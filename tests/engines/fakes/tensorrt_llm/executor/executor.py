@@ -1,7 +1,8 @@
 """Fake TensorRT-LLM executor: a toy model stepped in an asyncio task instead of GPU workers.
 
-In-flight batching of up to ``max_batch_size`` requests, one token per request per iteration, and one
-stats record per iteration (when ``enable_iter_perf_stats``), shaped like ``IterationStats``.
+In-flight batching of up to ``max_batch_size`` requests, one token per request per iteration, one
+stats record per iteration (when ``enable_iter_perf_stats``), shaped like ``IterationStats``, and,
+with ``event_buffer_max_size > 0`` and block reuse, KV cache events (``kv_cache.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import itertools
 import json
 from collections import deque
 
+from tensorrt_llm.executor.kv_cache import BlockPool
 from tensorrt_llm.executor.result import GenerationResult, IterationResult
 from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
 
@@ -40,6 +42,7 @@ class _Request:
     max_seq_len: int
     generated: int = 0
     cancelled: bool = False
+    output: list[int] = dataclasses.field(default_factory=list)
 
 
 class ToyExecutor:
@@ -51,6 +54,12 @@ class ToyExecutor:
         self.active: dict[int, _Request] = {}
         self.task: asyncio.Task | None = None
         self.stats = IterationResult()
+        kv = args.kv_cache_config
+        self.block_pool: BlockPool | None = None
+        if kv.event_buffer_max_size > 0 and kv.enable_block_reuse:
+            max_blocks = kv.max_tokens // kv.tokens_per_block if kv.max_tokens else MAX_NUM_BLOCKS
+            buffer = kv.event_buffer_max_size
+            self.block_pool = BlockPool(kv.tokens_per_block, max_blocks, max_seq_len, buffer)
         self.iteration = 0
         self._shutdown = False
 
@@ -78,13 +87,23 @@ class ToyExecutor:
             while self.waiting and len(self.active) < (self.args.max_batch_size or 2048):
                 req = self.waiting.popleft()
                 self.active[req.result.request_id] = req
+                if self.block_pool is not None:  # its context (the prompt) is computed now
+                    self.block_pool.store(req.result.prompt_token_ids, partial=False)
             await asyncio.sleep(STEP_S)
             for request_id, req in list(self.active.items()):
                 response = self.step(req)
                 req.result.aqueue.put_nowait(response)
                 if response.is_final:
                     del self.active[request_id]
+                    self.release(req, error=response.error is not None)
             self.record_stats()
+
+    def release(self, req: _Request, *, error: bool) -> None:
+        """A finished request's blocks become reusable (the last token's KV was never computed)."""
+        if self.block_pool is None or error:
+            return
+        computed = req.result.prompt_token_ids + req.output[:-1]
+        self.block_pool.store(computed, partial=self.args.kv_cache_config.enable_partial_reuse)
 
     def step(self, req: _Request) -> Response:
         result, params = req.result, req.result.sampling_params
@@ -103,6 +122,7 @@ class ToyExecutor:
             else toy_token(prompt, position)
         )
         req.generated += 1
+        req.output.append(token)
         if token == end_id:
             return Response([], True, "END_ID")  # the end id is not part of the output
         if token in (params.stop_token_ids or []):

@@ -138,6 +138,14 @@ class LLM:
         self._executor.stats.set_timeout(timeout)
         return self._executor.stats
 
+    def get_kv_cache_events_async(self, timeout: float | None = 2) -> IterationResult:
+        """KV cache events (one dict per event); needs ``event_buffer_max_size > 0`` and block reuse."""
+        assert self._executor is not None
+        pool = self._executor.block_pool
+        assert pool is not None, "KV Event IterationResult is not properly instantiated."
+        pool.events.set_timeout(timeout)
+        return pool.events
+
     def shutdown(self) -> None:
         if self._executor is not None:
             self._executor.shutdown()

@@ -16,6 +16,12 @@ from sglang.srt.server_args import ServerArgs
 
 
 @dataclasses.dataclass
+class FlushCacheReqOutput:
+    success: bool
+    message: str = ""
+
+
+@dataclasses.dataclass
 class SchedulerInitResult:
     scheduler_infos: list[dict[str, Any]]
     all_child_pids: list[int] = dataclasses.field(default_factory=list)
@@ -78,6 +84,10 @@ class Engine:
         if stream is True:
             return generator
         return await generator.__anext__()
+
+    def flush_cache(self) -> FlushCacheReqOutput:
+        """Drop the prefix cache (SGLang refuses while requests run); ``AllBlocksCleared`` follows."""
+        return FlushCacheReqOutput(success=self.tokenizer_manager.scheduler.flush_cache())
 
     def shutdown(self) -> None:
         self.fake_shutdowns += 1

@@ -1,18 +1,23 @@
 """Fake SGLang scheduler: a toy model stepped in an asyncio task instead of a GPU subprocess.
 
 It batches up to ``max_running_requests`` requests, makes one token per request per step, keeps a
-page-granular prefix cache for ``cached_tokens``, and reports each step like SGLang's
-``BatchTokenIDOutput`` (skip_tokenizer_init): per request the new ids (a matched stop token included),
-the finish reason as a dict, and the token counts.
+page-granular prefix cache (``mem_cache/radix_cache.py``) for ``cached_tokens``, and reports each step
+like SGLang's ``BatchTokenIDOutput`` (skip_tokenizer_init): per request the new ids (a matched stop
+token included), the finish reason as a dict, and the token counts. As SGLang's scheduler does, it
+caches a request's prompt when admitting it and its prompt and output (less the last token, whose KV
+was never computed) when it finishes, and with ``--kv-events-config`` publishes the cache's events
+after each step (``disaggregation/kv_events.py``). One scheduler: data-parallel ranks are not modelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import deque
 from collections.abc import Callable
 
+from sglang.srt.mem_cache.radix_cache import RadixCache
 from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.server_args import ServerArgs
 
@@ -75,7 +80,16 @@ class Scheduler:
         self.on_output = on_output
         self.waiting: deque[Req] = deque()
         self.running: dict[str, Req] = {}
-        self.pages: set = set()
+        self.tree_cache = RadixCache(
+            self.page_size,
+            self.max_total_num_tokens // self.page_size,
+            enable_kv_cache_events=bool(server_args.kv_events_config),
+        )
+        self.kv_event_publisher = None
+        if server_args.kv_events_config:
+            from sglang.srt.disaggregation.kv_events import EventPublisherFactory
+
+            self.kv_event_publisher = EventPublisherFactory.create(server_args.kv_events_config, 0)
         self.task: asyncio.Task | None = None
         self.dead = False
 
@@ -100,26 +114,38 @@ class Scheduler:
         self.dead = True
         if self.task is not None:
             self.task.cancel()
+        if self.kv_event_publisher is not None:
+            self.kv_event_publisher.shutdown()
+            self.kv_event_publisher = None
+
+    def flush_cache(self) -> bool:
+        """Drop the prefix cache; refused (False) while requests run, as in SGLang."""
+        if self.waiting or self.running:
+            return False
+        self.tree_cache.reset()
+        self.publish_kv_events()
+        return True
+
+    def publish_kv_events(self) -> None:
+        events = self.tree_cache.take_events()
+        if events and self.kv_event_publisher is not None:
+            from sglang.srt.disaggregation.kv_events import KVEventBatch
+
+            self.kv_event_publisher.publish(KVEventBatch(ts=time.time(), events=events))
 
     async def loop(self) -> None:
         while self.waiting or self.running:
             self.admit()
             await asyncio.sleep(STEP_S)
             self.step()
+            self.publish_kv_events()
 
     def admit(self) -> None:
         while self.waiting and len(self.running) < self.max_running:
             req = self.waiting.popleft()
-            req.cached_tokens = self.match_prefix(req.origin_input_ids)
+            req.cached_tokens = self.tree_cache.match_prefix(req.origin_input_ids)
+            self.tree_cache.insert(req.origin_input_ids)
             self.running[req.rid] = req
-
-    def match_prefix(self, ids: list[int]) -> int:
-        p, cached = self.page_size, 0
-        while cached + p <= len(ids) - 1 and tuple(ids[: cached + p]) in self.pages:
-            cached += p
-        for end in range(p, len(ids) + 1, p):
-            self.pages.add(tuple(ids[:end]))
-        return cached
 
     def step(self) -> None:
         outputs: list[Output] = []
@@ -143,6 +169,7 @@ class Scheduler:
             )
             if req.finished_reason is not None:
                 del self.running[req.rid]
+                self.tree_cache.insert(req.origin_input_ids + req.output_ids[:-1])
         for req in [r for r in self.waiting if r.to_abort]:
             self.waiting.remove(req)
             req.check_finished()
