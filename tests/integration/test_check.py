@@ -266,20 +266,20 @@ def install_fake_plugin(site: Path, dist: str, module: str, engine: str, require
 
 def test_third_party_plugin_without_its_engine_library_warns(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    install_fake_plugin(site, "acme-dynamo", "acme_dynamo", "acme", ["dynamo-core", "acme-engine-lib>=1.0"])
+    install_fake_plugin(site, "zeta-dynamo", "zeta_dynamo", "zeta", ["dynamo-core", "zeta-engine-lib>=1.0"])
     env = clean_env(tmp_path, PYTHONPATH=str(site))
     code, report, text = run_check(tmp_path, "--http-port", str(free_port()), env=env)
     assert code == 0, text  # not the engine asked for: a warning
-    plugin = by_name(report)["plugin acme-dynamo"]
+    plugin = by_name(report)["plugin zeta-dynamo"]
     assert plugin["status"] == "warning"
-    assert "engine acme" in plugin["message"] and "acme-engine-lib is not installed" in plugin["message"]
-    assert plugin["fix"] == "pip install 'acme-engine-lib>=1.0'"
-    assert "fix: pip install 'acme-engine-lib>=1.0'" in text
+    assert "engine zeta" in plugin["message"] and "zeta-engine-lib is not installed" in plugin["message"]
+    assert plugin["fix"] == "pip install 'zeta-engine-lib>=1.0'"
+    assert "fix: pip install 'zeta-engine-lib>=1.0'" in text
 
     # asked for by --engine, the same gap stops the worker: an error
-    code, report, _ = run_check(tmp_path, "--engine", "acme", "--http-port", str(free_port()), env=env)
+    code, report, _ = run_check(tmp_path, "--engine", "zeta", "--http-port", str(free_port()), env=env)
     assert code != 0
-    assert by_name(report)["plugin acme-dynamo"]["status"] == "error"
+    assert by_name(report)["plugin zeta-dynamo"]["status"] == "error"
 
 
 def test_sglang_plugin_without_sglang_warns_with_the_install_command(tmp_path: Path) -> None:
