@@ -34,16 +34,30 @@ from dynamo.runtime.records import InstanceRecord, ModelCard  # noqa: E402
 
 
 def make_worker(iid: int, block_size: int) -> Worker:
-    record = InstanceRecord(namespace="b", component="backend", endpoint="generate", instance_id=iid,
-                            transport={"tcp": "127.0.0.1:1"})
-    card = ModelCard(display_name="m", model_path="/m", context_length=32768, kv_cache_block_size=block_size,
-                     namespace="b", component="backend", endpoint="generate", instance_id=iid)
+    record = InstanceRecord(
+        namespace="b",
+        component="backend",
+        endpoint="generate",
+        instance_id=iid,
+        transport={"tcp": "127.0.0.1:1"},
+    )
+    card = ModelCard(
+        display_name="m",
+        model_path="/m",
+        context_length=32768,
+        kv_cache_block_size=block_size,
+        namespace="b",
+        component="backend",
+        endpoint="generate",
+        instance_id=iid,
+    )
     return Worker(iid, record, card)
 
 
 def stored(ids: list[int], tokens: list[int], parent: int | None, block_size: int) -> KvEvent:
-    return KvEvent(kind=KvEventKind.STORED, block_hashes=ids, parent_hash=parent, token_ids=tokens,
-                   block_size=block_size)
+    return KvEvent(
+        kind=KvEventKind.STORED, block_hashes=ids, parent_hash=parent, token_ids=tokens, block_size=block_size
+    )
 
 
 def percentiles(ns: list[int]) -> dict[str, float]:
@@ -139,10 +153,16 @@ def main() -> None:
         hash_ns.append(t3 - t2)
         lookup_ns.append(t4 - t3)
     result = {
-        "workers": ns.workers, "indexed_blocks": router.index.num_blocks, "block_size": bs,
+        "workers": ns.workers,
+        "indexed_blocks": router.index.num_blocks,
+        "block_size": bs,
         "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts)),
-        "in_flight": len(in_flight), "decisions": len(select_ns), "index_build_s": round(build, 2),
-        "select": percentiles(select_ns), "hash_prompt": percentiles(hash_ns), "index_lookup": percentiles(lookup_ns),
+        "in_flight": len(in_flight),
+        "decisions": len(select_ns),
+        "index_build_s": round(build, 2),
+        "select": percentiles(select_ns),
+        "hash_prompt": percentiles(hash_ns),
+        "index_lookup": percentiles(lookup_ns),
         "python": sys.version.split()[0],
     }
     text = json.dumps(result, indent=2)

@@ -8,7 +8,9 @@ workers with their own KV caches) and ``python -m dynamo.frontend --router-mode 
 with file discovery in a fresh directory and a namespace of their own, waits for the N workers,
 sends one warm-up request, runs ``multiturn.py``'s workload (the same prompts for every mode), reads
 the router's counters from the frontend's ``/metrics``, and stops both. Modes: ``round-robin``,
-``random``, ``least-loaded``, ``kv`` and ``kv-approx`` (``kv`` with ``--no-router-kv-events``).
+``random``, ``least-loaded``, ``kv`` and ``kv-approx`` (``kv`` with ``--no-router-kv-events``); a run
+may add frontend flags as ``LABEL=MODE --flag value``. By default every mode runs with Dynamo's
+default router weights, and both KV modes once more with ``--router-prefill-load-scale 4``.
 
 Results go to ``OUT/router-<time>.json`` and ``.md`` (the table the README shows).
 """
@@ -20,8 +22,8 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +47,12 @@ MODES = {
     "kv": ["--router-mode", "kv"],
     "kv-approx": ["--router-mode", "kv", "--no-router-kv-events"],
 }
+#: the default runs: every mode with Dynamo's default weights, then both KV modes weighing prefill x4
+DEFAULT_RUNS = [
+    *MODES,
+    "kv-scale4=kv --router-prefill-load-scale 4",
+    "kv-approx-scale4=kv-approx --router-prefill-load-scale 4",
+]
 
 
 def free_port() -> int:
@@ -55,7 +63,9 @@ def free_port() -> int:
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -123,27 +133,57 @@ def parse_mode(spec: str) -> tuple[str, list[str]]:
     return label, [*MODES[base], *extra]
 
 
-def run_mode(mode: str, frontend_flags: list[str], ns: argparse.Namespace, workdir: Path) -> dict:
-    kv_dir = workdir / f"kv-{mode}"
+def run_mode(
+    mode: str, frontend_flags: list[str], ns: argparse.Namespace, workdir: Path
+) -> tuple[multiturn.Results, dict[str, float]]:
+    """One run of the workload on a fresh frontend and fresh workers (cold caches)."""
+    kv_dir = workdir / f"kv-{mode}-{time.monotonic_ns()}"
     kv_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DYN_")}
-    env.update({"DYN_FILE_KV": str(kv_dir), "DYN_NAMESPACE": f"routerbench-{os.getpid()}-{mode}",
-                "DYN_LOG": ns.log, "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "DYN_FILE_KV": str(kv_dir),
+            "DYN_NAMESPACE": f"routerbench-{os.getpid()}-{mode}",
+            "DYN_LOG": ns.log,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     port = free_port()
-    worker_args = ["-m", "dynamo.mocker", "--num-workers", str(ns.workers), "--speedup-ratio", str(ns.speedup_ratio),
-                   "--model-path", str(model_dir(workdir, ns.context_length)), "--model-name", "mocker",
-                   "--system-port", str(free_port()), *ns.mocker_arg]
-    frontend_args = ["-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port), *frontend_flags]
-    procs = [spawn(worker_args, env, workdir / f"{mode}-workers.log"),
-             spawn(frontend_args, env, workdir / f"{mode}-frontend.log")]
+    worker_args = [
+        "-m",
+        "dynamo.mocker",
+        "--num-workers",
+        str(ns.workers),
+        "--speedup-ratio",
+        str(ns.speedup_ratio),
+        "--model-path",
+        str(model_dir(workdir, ns.context_length)),
+        "--model-name",
+        "mocker",
+        "--system-port",
+        str(free_port()),
+        *ns.mocker_arg,
+    ]
+    frontend_args = [
+        "-m",
+        "dynamo.frontend",
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(port),
+        *frontend_flags,
+    ]
+    procs = [
+        spawn(worker_args, env, workdir / f"{mode}-workers.log"),
+        spawn(frontend_args, env, workdir / f"{mode}-frontend.log"),
+    ]
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, ns.workers, procs)
         time.sleep(1.0)  # the KV router takes each worker's snapshot on connect
-        results = asyncio.run(multiturn.run(url, "mocker", multiturn.workload_from(ns), ns.concurrency))
-        summary = multiturn.summarise(results)
-        summary["router_counters"] = router_counters(url)
-        return summary
+        return asyncio.run(
+            multiturn.run(url, "mocker", multiturn.workload_from(ns), ns.concurrency)
+        ), router_counters(url)
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -155,60 +195,132 @@ def run_mode(mode: str, frontend_flags: list[str], ns: argparse.Namespace, workd
 
 def table(rows: dict[str, dict]) -> str:
     base = rows.get("round-robin")
-    head = ("| mode | TTFT p50 (ms) | TTFT p99 (ms) | E2E p50 (ms) | E2E p99 (ms) | req/s | output tok/s "
-            "| cache hit rate | uncached prompt tokens | vs round-robin: uncached, TTFT p50 |")
-    lines = [head, "|" + "---|" * 10]
+    head = (
+        "| mode | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | E2E p50 (ms) | E2E p99 (ms) | req/s "
+        "| output tok/s | cache hit rate | uncached prompt tokens | vs round-robin: uncached, TTFT p50 |"
+    )
+    lines = [head, "|" + "---|" * 11]
     for mode, r in rows.items():
         rel = ""
-        if base and base["uncached_prompt_tokens"] and r["ttft_ms_p50"]:
-            rel = (f"{r['uncached_prompt_tokens'] / base['uncached_prompt_tokens']:.2f}x, "
-                   f"{base['ttft_ms_p50'] / r['ttft_ms_p50']:.2f}x faster")
+        if base and base is not r and base["uncached_prompt_tokens"] and r["ttft_ms_p50"]:
+            rel = (
+                f"{r['uncached_prompt_tokens'] / base['uncached_prompt_tokens']:.2f}x, "
+                f"{base['ttft_ms_p50'] / r['ttft_ms_p50']:.2f}x"
+            )
         lines.append(
-            f"| {mode} | {r['ttft_ms_p50']:.0f} | {r['ttft_ms_p99']:.0f} | {r['e2e_ms_p50']:.0f} | {r['e2e_ms_p99']:.0f} "
+            f"| {mode} | {r['ttft_ms_p50']:.0f} | {r['ttft_ms_p99']:.0f} | {r['itl_ms_p50']:.1f} "
+            f"| {r['e2e_ms_p50']:.0f} | {r['e2e_ms_p99']:.0f} "
             f"| {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.0f} | {r['cache_hit_rate']:.1%} "
             f"| {r['uncached_prompt_tokens']:,} | {rel} |"
         )
     return "\n".join(lines)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modes", nargs="+", default=list(MODES),
-                   help=f"modes to run: {', '.join(MODES)}; or 'LABEL=MODE --frontend-flag value ...'")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=DEFAULT_RUNS,
+        help=f"runs: {', '.join(MODES)}, or 'LABEL=MODE --frontend-flag value ...'",
+    )
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--speedup-ratio", type=float, default=1.0, help="mocker speed (1 = the timing model as fitted)")
+    p.add_argument(
+        "--speedup-ratio", type=float, default=1.0, help="mocker speed (1: the timing model as fitted)"
+    )
     p.add_argument("--context-length", type=int, default=32768, help="context window of the simulated model")
-    p.add_argument("--mocker-arg", action="append", default=[], help="extra mocker flag (repeat; use = for values)")
+    p.add_argument(
+        "--mocker-arg", action="append", default=[], help="extra mocker flag (repeat; --flag=value)"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs per mode (their requests pooled for percentiles)"
+    )
     p.add_argument("--log", default="warn", help="DYN_LOG of the processes")
     p.add_argument("--keep-logs", help="copy the processes' logs to this directory")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     multiturn.workload_args(p)
-    ns = p.parse_args()
+    return p
+
+
+def run_all(ns: argparse.Namespace) -> dict[str, dict]:
+    """Every run ``--repeat`` times, round after round (slow drifts of the machine hit every mode)."""
+    runs = [parse_mode(spec) for spec in ns.modes]
+    pooled = {mode: multiturn.Results() for mode, _ in runs}
+    per_run: dict[str, list[dict]] = {mode: [] for mode, _ in runs}
+    counters: dict[str, dict[str, float]] = {mode: {} for mode, _ in runs}
+    with tempfile.TemporaryDirectory(prefix="routerbench-") as tmp:
+        for repeat in range(ns.repeat):
+            for mode, flags in runs:
+                tag = f"[{mode} #{repeat + 1}]"
+                print(f"{tag} running ({' '.join(flags)}) ...", file=sys.stderr, flush=True)
+                results, counts = run_mode(mode, flags, ns, Path(tmp))
+                one = multiturn.summarise(results)
+                per_run[mode].append(
+                    {
+                        k: one[k]
+                        for k in (
+                            "ttft_ms_p50",
+                            "cache_hit_rate",
+                            "uncached_prompt_tokens",
+                            "requests_per_s",
+                            "failed",
+                        )
+                    }
+                )
+                pooled[mode].records += results.records
+                pooled[mode].wall += results.wall
+                for key, value in counts.items():
+                    if key.endswith("indexed_blocks"):  # a gauge: keep the largest
+                        counters[mode][key] = max(counters[mode].get(key, 0.0), value)
+                    else:
+                        counters[mode][key] = counters[mode].get(key, 0.0) + value
+                print(
+                    f"{tag} TTFT p50 {one['ttft_ms_p50']} ms, hit rate {one['cache_hit_rate']:.1%}, "
+                    f"uncached {one['uncached_prompt_tokens']}, failed {one['failed']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return {
+        mode: multiturn.summarise(pooled[mode]) | {"runs": per_run[mode], "router_counters": counters[mode]}
+        for mode, _ in runs
+    }
+
+
+def main() -> None:
+    ns = multiturn.parse_with_preset(parser())
     out_dir = Path(ns.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="routerbench-") as tmp:
-        workdir = Path(tmp)
-        for spec in ns.modes:
-            mode, flags = parse_mode(spec)
-            print(f"[{mode}] running ({' '.join(flags)}) ...", file=sys.stderr, flush=True)
-            rows[mode] = run_mode(mode, flags, ns, workdir)
-            r = rows[mode]
-            print(f"[{mode}] TTFT p50 {r['ttft_ms_p50']} ms, hit rate {r['cache_hit_rate']:.1%}, "
-                  f"uncached {r['uncached_prompt_tokens']}, failed {r['failed']}", file=sys.stderr, flush=True)
+    rows = run_all(ns)
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "preset": ns.preset,
+        "repeat": ns.repeat,
         "workload": vars(multiturn.workload_from(ns)) | {"concurrency": ns.concurrency},
-        "workers": ns.workers, "speedup_ratio": ns.speedup_ratio, "mocker_args": ns.mocker_arg,
+        "workers": ns.workers,
+        "speedup_ratio": ns.speedup_ratio,
+        "mocker_args": ns.mocker_arg,
         "context_length": ns.context_length,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "time": stamp,
     }
-    json_path = out_dir / f"router-{stamp}.json"
+    json_path = out_dir / f"router-{ns.preset}-{stamp}.json"
     json_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    md = f"# Router modes on the multi-turn workload ({stamp})\n\n`{meta['command']}`\n\n{table(rows)}\n"
-    (out_dir / f"router-{stamp}.md").write_text(md)
+    ttft_runs = "\n".join(
+        f"- {mode}: " + ", ".join(f"{r['ttft_ms_p50']:.0f}" for r in row["runs"])
+        for mode, row in rows.items()
+    )
+    md = (
+        f"# Router modes on the multi-turn workload: {ns.preset} ({stamp})\n\n`{meta['command']}`\n\n"
+        f"{ns.workers} mocker workers at speed-up {ns.speedup_ratio}, {ns.repeat} run(s) per mode with "
+        f"their requests pooled, {os.cpu_count()} CPUs.\n\n{table(rows)}\n\n"
+        f"TTFT p50 of each run (ms):\n{ttft_runs}\n"
+    )
+    (out_dir / f"router-{ns.preset}-{stamp}.md").write_text(md)
     print(md)
     print(f"results: {json_path}", file=sys.stderr)
 

@@ -15,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-
 from support.cluster import Cluster, FrontendProc, Proc
 
 pytestmark = pytest.mark.integration
 MODEL = "mocker"
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu river mountain ocean forest").split()
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu river mountain ocean forest"
+).split()
 
 
 def prompt(seed: int, words: int = 200) -> str:
@@ -35,7 +36,9 @@ def client(fe: FrontendProc) -> openai.OpenAI:
 
 def chat(fe: FrontendProc, content: str, max_tokens: int = 4) -> openai.types.CompletionUsage:
     resp = client(fe).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
+        model=MODEL,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
         extra_body={"ignore_eos": True},
     )
     assert resp.usage is not None and resp.choices[0].message.content
@@ -57,13 +60,19 @@ def served(workers: list[Proc]) -> list[int]:
     return out
 
 
-def concurrently(fe: FrontendProc, contents: list[str], max_tokens: int) -> list[openai.types.CompletionUsage]:
+def concurrently(
+    fe: FrontendProc, contents: list[str], max_tokens: int
+) -> list[openai.types.CompletionUsage]:
     with ThreadPoolExecutor(len(contents)) as pool:
         return list(pool.map(lambda c: chat(fe, c, max_tokens), contents))
 
 
-def start(cluster: Cluster, n_workers: int, *frontend_args: str,
-          worker_args: tuple[str, ...] = ("--speedup-ratio", "10")) -> tuple[FrontendProc, list[Proc]]:
+def start(
+    cluster: Cluster,
+    n_workers: int,
+    *frontend_args: str,
+    worker_args: tuple[str, ...] = ("--speedup-ratio", "10"),
+) -> tuple[FrontendProc, list[Proc]]:
     workers = [cluster.worker(*worker_args) for _ in range(n_workers)]
     fe = cluster.frontend("--router-mode", "kv", *frontend_args, env={"DYN_LOG": "info,dynamo.router=debug"})
     for w in workers:
@@ -75,7 +84,9 @@ def start(cluster: Cluster, n_workers: int, *frontend_args: str,
 def wait_for_log(proc: Proc, text: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while text not in proc.log():
-        assert time.monotonic() < deadline, f"{text!r} never appeared in the {proc.name} log:\n{proc.log()[-3000:]}"
+        assert time.monotonic() < deadline, (
+            f"{text!r} never appeared in the {proc.name} log:\n{proc.log()[-3000:]}"
+        )
         time.sleep(0.05)
 
 
@@ -91,18 +102,19 @@ def kv_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Front
 
 
 def test_new_prompts_spread_by_load_then_repeats_follow_the_cache(
-        kv_cluster: tuple[FrontendProc, list[Proc]]) -> None:
+    kv_cluster: tuple[FrontendProc, list[Proc]],
+) -> None:
     fe, workers = kv_cluster
     before = served(workers)
     firsts = concurrently(fe, [prompt(i) for i in range(3)], max_tokens=300)  # all in flight at once
-    spread = [a - b for a, b in zip(served(workers), before)]
+    spread = [a - b for a, b in zip(served(workers), before, strict=True)]
     assert spread == [1, 1, 1], f"three new prompts with equal (zero) overlap should spread: {spread}"
     assert all(cached(u) == 0 for u in firsts)
     time.sleep(0.3)  # let the KV events reach the router
     for i in (2, 0, 1):
         here = served(workers)
         usages = [chat(fe, prompt(i)) for _ in range(3)]
-        delta = [a - b for a, b in zip(served(workers), here)]
+        delta = [a - b for a, b in zip(served(workers), here, strict=True)]
         assert sorted(delta) == [0, 0, 3], f"prompt {i} should go back to one worker each time: {delta}"
         prompt_tokens = usages[0].prompt_tokens
         assert all(cached(u) >= prompt_tokens - 16 for u in usages), usages  # all but the last block
@@ -113,10 +125,15 @@ def test_cached_tokens_in_the_final_streaming_chunk(kv_cluster: tuple[FrontendPr
     content = prompt(100)
     chat(fe, content)
     time.sleep(0.2)
-    chunks = list(client(fe).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=4, stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client(fe).chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     usage = chunks[-1].usage
     assert usage is not None and usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens >= usage.prompt_tokens - 16 > 0
@@ -180,7 +197,7 @@ def test_approximate_mode_without_kv_events(cluster: Cluster) -> None:
     for i in (21, 20):
         here = served(workers)
         usage = chat(fe, prompt(i))
-        delta = [a - b for a, b in zip(served(workers), here)]
+        delta = [a - b for a, b in zip(served(workers), here, strict=True)]
         assert cached(usage) > 0, f"prompt {i} should return to the worker it was sent to ({delta})"
     assert "synchronised" not in fe.log()  # no event plane at all
 

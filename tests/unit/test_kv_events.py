@@ -7,14 +7,13 @@ import logging
 import time
 
 import pytest
-
 from dynamo.mocker.engine import MockerEngine
 from dynamo.plugin import EngineContext, GenerateRequest, StopConditions
 from dynamo.plugin.capabilities import KvEvent, KvEventKind
+from dynamo.router.base import Worker
 from dynamo.router.hashing import sequence_hashes
 from dynamo.router.kv import KvRouter, KvRouterConfig
 from dynamo.router.kv_events import FeedState, WorkerFeed
-from dynamo.router.base import Worker
 from dynamo.router.kv_index import KvIndex
 from dynamo.runtime.events import EventPlaneError
 from dynamo.runtime.events import messages as m
@@ -33,9 +32,17 @@ def worker(iid: int, transport: dict[str, str]) -> Worker:
     return Worker(iid, record, card)
 
 
-def stored(event_id: int, ids: list[int], toks: list[int], parent: int | None = None, bs: int = BS) -> KvEvent:
-    return KvEvent(kind=KvEventKind.STORED, block_hashes=ids, parent_hash=parent, token_ids=toks, block_size=bs,
-                   event_id=event_id)
+def stored(
+    event_id: int, ids: list[int], toks: list[int], parent: int | None = None, bs: int = BS
+) -> KvEvent:
+    return KvEvent(
+        kind=KvEventKind.STORED,
+        block_hashes=ids,
+        parent_hash=parent,
+        token_ids=toks,
+        block_size=bs,
+        event_id=event_id,
+    )
 
 
 def removed(event_id: int, ids: list[int]) -> KvEvent:
@@ -80,8 +87,12 @@ def test_a_gap_triggers_a_snapshot_and_newer_buffered_events_are_replayed() -> N
     assert f.requests == ["gap"] and f.feed.state is FeedState.SYNCING
     f.feed.on_events([stored(3, [4], T[12:16], parent=3), removed(4, [1])])
     # the worker's cache as of event 3: blocks 1..4 (the snapshot includes the lost event's block)
-    snapshot = [stored(0, [1], T[:4]), stored(0, [2], T[4:8], parent=1), stored(0, [3], T[8:12], parent=2),
-                stored(0, [4], T[12:16], parent=3)]
+    snapshot = [
+        stored(0, [1], T[:4]),
+        stored(0, [2], T[4:8], parent=1),
+        stored(0, [3], T[8:12], parent=2),
+        stored(0, [4], T[12:16], parent=3),
+    ]
     f.feed.on_snapshot(3, snapshot)
     assert f.feed.state is FeedState.LIVE and f.feed.last_event_id == 4
     assert f.overlap(T) == 0  # event 4 (replayed from the buffer) removed the first block
@@ -196,7 +207,9 @@ async def test_a_slow_subscriber_is_dropped_not_waited_for() -> None:
 
 
 def _request(rid: str, tokens: list[int], max_tokens: int = 4) -> GenerateRequest:
-    return GenerateRequest(request_id=rid, token_ids=tokens, stop=StopConditions(max_tokens=max_tokens, ignore_eos=True))
+    return GenerateRequest(
+        request_id=rid, token_ids=tokens, stop=StopConditions(max_tokens=max_tokens, ignore_eos=True)
+    )
 
 
 async def _run(engine: MockerEngine, rid: str, tokens: list[int]) -> int:
@@ -208,8 +221,11 @@ async def _run(engine: MockerEngine, rid: str, tokens: list[int]) -> int:
 
 
 async def test_router_index_follows_a_mocker_through_the_event_plane() -> None:
-    engine = MockerEngine(EngineContext(argv=["--speedup-ratio", "1000", "--block-size", "4",
-                                              "--num-gpu-blocks-override", "16"]))
+    engine = MockerEngine(
+        EngineContext(
+            argv=["--speedup-ratio", "1000", "--block-size", "4", "--num-gpu-blocks-override", "16"]
+        )
+    )
     await engine.start()
     events = WorkerEvents(engine, DirectPublisher("127.0.0.1"), load_interval=0.02)
     transport = await events.start(worker_id=42)
@@ -217,11 +233,15 @@ async def test_router_index_follows_a_mocker_through_the_event_plane() -> None:
     router = KvRouter(KvRouterConfig(block_size=BS), DirectSubscriber())
     try:
         prompt = list(range(1000, 1040))  # 10 blocks
-        assert await _run(engine, "warm", prompt) == 0  # cached before the router follows: the snapshot has it
+        assert (
+            await _run(engine, "warm", prompt) == 0
+        )  # cached before the router follows: the snapshot has it
         router.add_worker(w)
         await _until(lambda: router.feeds[42].state is FeedState.LIVE)
         assert router.index.find_matches(sequence_hashes(prompt, BS)) == {42: 10}
-        assert await _run(engine, "again", prompt) == 36  # all but the last block (one token is always computed)
+        assert (
+            await _run(engine, "again", prompt) == 36
+        )  # all but the last block (one token is always computed)
         other = list(range(5000, 5040))
         await _run(engine, "evicts", other)  # 16 blocks: five of the first prompt's are evicted, tail first
         await _until(lambda: router.index.find_matches(sequence_hashes(other, BS)) == {42: 10})
@@ -231,8 +251,12 @@ async def test_router_index_follows_a_mocker_through_the_event_plane() -> None:
         # a lost batch: the next one shows the gap and the router resynchronises from a snapshot
         router.feeds[42].last_event_id -= 1
         await _run(engine, "third", list(range(9000, 9008)))
-        await _until(lambda: router.feeds[42].state is FeedState.LIVE
-                     and router.index.find_matches(sequence_hashes(list(range(9000, 9008)), BS)) == {42: 2})
+        await _until(
+            lambda: (
+                router.feeds[42].state is FeedState.LIVE
+                and router.index.find_matches(sequence_hashes(list(range(9000, 9008)), BS)) == {42: 2}
+            )
+        )
         assert router.index.blocks_of(42) == engine.kv.cached_blocks
         router.remove_worker(42)
         assert router.index.num_blocks == 0

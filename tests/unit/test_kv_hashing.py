@@ -6,7 +6,6 @@ import struct
 
 import pytest
 import xxhash
-
 from dynamo.router.hashing import SEED, chain, local_block_hashes, sequence_hashes
 
 #: computed once; any change to the scheme breaks routing against other routers and engines
@@ -19,7 +18,9 @@ def _reference(tokens: list[int], block_size: int) -> list[int]:
     for i in range(len(tokens) // block_size):
         block = tokens[i * block_size : (i + 1) * block_size]
         local = xxhash.xxh3_64_intdigest(struct.pack(f"<{block_size}I", *block), seed=1337)
-        out.append(local if not out else xxhash.xxh3_64_intdigest(struct.pack("<QQ", out[-1], local), seed=1337))
+        out.append(
+            local if not out else xxhash.xxh3_64_intdigest(struct.pack("<QQ", out[-1], local), seed=1337)
+        )
     return out
 
 

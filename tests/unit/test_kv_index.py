@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dynamo.plugin.capabilities import KvEvent, KvEventKind
 from dynamo.router.hashing import sequence_hashes
 from dynamo.router.kv_index import KvEventError, KvIndex, RoutedBlocks

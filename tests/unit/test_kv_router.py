@@ -7,7 +7,6 @@ import random
 from collections import Counter
 
 import pytest
-
 from dynamo.plugin.capabilities import KvEvent, KvEventKind
 from dynamo.router import RouterMode, create_router
 from dynamo.router.base import RouteRequest, Worker
@@ -171,7 +170,8 @@ def test_a_worker_with_another_block_size_is_reported_and_ignored(caplog: pytest
         r.add_worker(odd)
     assert "KV block size 8" in caplog.text and "IGNORED" in caplog.text
     assert r.feeds[9].state is FeedState.IGNORED
-    r.feeds[9].on_events([KvEvent(kind=KvEventKind.STORED, block_hashes=[1], token_ids=[1] * 8, block_size=8)])
+    stored = KvEvent(kind=KvEventKind.STORED, block_hashes=[1], token_ids=[1] * 8, block_size=8)
+    r.feeds[9].on_events([stored])
     assert r.index.num_blocks == 0
 
 
@@ -179,8 +179,9 @@ def test_removing_a_worker_forgets_it() -> None:
     r = KvRouter(KvRouterConfig(block_size=BS))
     w = worker(5)
     r.add_worker(w)
-    r.feeds[5].on_snapshot(-1, [KvEvent(kind=KvEventKind.STORED, block_hashes=[1, 2], token_ids=list(range(8)),
-                                        block_size=BS)])
+    r.feeds[5].on_snapshot(
+        -1, [KvEvent(kind=KvEventKind.STORED, block_hashes=[1, 2], token_ids=list(range(8)), block_size=BS)]
+    )
     assert r.index.blocks_of(5) == 2
     req = request("q", 2)
     r.on_start(r.select([w], req), req)
@@ -202,3 +203,36 @@ def test_each_decision_is_logged_with_overlap_and_cost(caplog: pytest.LogCapture
 def test_create_router_builds_a_kv_router() -> None:
     r = create_router(RouterMode.KV, config=KvRouterConfig(block_size=BS, use_kv_events=False))
     assert isinstance(r, KvRouter) and r.block_size == BS
+
+
+def test_approximate_mode_reports_a_block_size_mismatch_too(caplog: pytest.LogCaptureFixture) -> None:
+    r = router()
+    odd = worker(9, block_size=BS * 2)
+    with caplog.at_level(logging.ERROR, logger="dynamo.router.kv"):
+        r.add_worker(odd)
+    assert "KV block size 8" in caplog.text
+    req = request("q", 4)
+    r.on_start(r.select([odd], req), req)
+    assert r.index.num_blocks == 0  # its decisions are not remembered as cache
+
+
+def test_least_loaded_uses_published_load_when_it_is_more() -> None:
+    from dynamo.plugin.capabilities import LoadMetrics
+    from dynamo.router.basic import LeastLoadedRouter
+    from dynamo.router.load import LoadMonitor
+
+    class Monitor(LoadMonitor):
+        def __init__(self) -> None:
+            self.loads = {}
+
+    monitor = Monitor()
+    r = LeastLoadedRouter(monitor)
+    a, b, c = worker(1), worker(2), worker(3)
+    assert r.select([a, b, c], request("x", 1)) is a  # nothing published yet: in-flight counts
+    # worker 1 is busy with another frontend's requests
+    monitor.loads[1] = LoadMetrics(active_requests=5, kv_used_blocks=10, kv_total_blocks=100)
+    monitor.loads[2] = LoadMetrics(active_requests=0, kv_used_blocks=50, kv_total_blocks=100)
+    monitor.loads[3] = LoadMetrics(active_requests=0, kv_used_blocks=20, kv_total_blocks=100)
+    assert r.select([a, b, c], request("x", 1)) is c  # b and c idle: the emptier cache wins
+    c.in_flight = 2  # ours, not yet in its report
+    assert r.select([a, b, c], request("x", 1)) is b

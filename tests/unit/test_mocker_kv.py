@@ -1,4 +1,5 @@
-"""The mocker's KV block manager and scheduler: prefix reuse, eviction, events, chunked prefill, preemption."""
+"""The mocker's KV block manager and scheduler: prefix reuse, eviction, events, chunked prefill,
+preemption."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import random
 
 import pytest
-
 from dynamo.mocker import timing
 from dynamo.mocker.engine import MockerEngine
 from dynamo.mocker.kv_manager import BlockTable, KvManager
@@ -102,7 +102,7 @@ def test_events_and_snapshot_give_the_router_the_same_index() -> None:
     kv, events = manager(blocks=20)
     rng = random.Random(3)
     tables = []
-    for i in range(30):  # shared prefixes, divergent tails, releases and evictions
+    for _ in range(30):  # shared prefixes, divergent tails, releases and evictions
         toks = T[: rng.randrange(4, 40)] + [rng.randrange(1000) for _ in range(rng.randrange(0, 12))]
         table, _ = run_prefill(kv, toks)
         tables.append(table)
@@ -122,8 +122,15 @@ def test_events_and_snapshot_give_the_router_the_same_index() -> None:
 
 
 def sequence(rid: str, tokens: list[int], max_tokens: int = 4) -> Sequence:
-    return Sequence(request_id=rid, tokens=list(tokens), rng=random.Random(0), words=[7, 8, 9], limit=max_tokens,
-                    natural_len=10**6, ignore_eos=True)
+    return Sequence(
+        request_id=rid,
+        tokens=list(tokens),
+        rng=random.Random(0),
+        words=[7, 8, 9],
+        limit=max_tokens,
+        natural_len=10**6,
+        ignore_eos=True,
+    )
 
 
 def drive(sched: Scheduler, max_steps: int = 10_000) -> list[list[tuple[str, int]]]:
@@ -222,8 +229,11 @@ async def test_engine_reports_cache_hits_load_and_publishes_events() -> None:
     engine.set_kv_event_sink(events.append)
     await engine.start()
     try:
+
         async def run(rid: str) -> int:
-            req = GenerateRequest(request_id=rid, token_ids=T, stop=StopConditions(max_tokens=3, ignore_eos=True))
+            req = GenerateRequest(
+                request_id=rid, token_ids=T, stop=StopConditions(max_tokens=3, ignore_eos=True)
+            )
             return [d async for d in engine.generate(req)][-1].usage.cached_tokens
 
         assert await run("a") == 0

@@ -40,18 +40,30 @@ class MockerConfig:
                        help="most requests running at once (more wait)")
         p.add_argument("--max-num-batched-tokens", type=int, default=cls.max_num_batched_tokens,
                        help="token budget of one scheduler step (prefill is chunked to fit)")
-        p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                       default=cls.enable_prefix_caching, help="reuse cached prompt prefixes (KV events need it)")
-        p.add_argument("--watermark", type=float, default=cls.watermark,
-                       help="share of KV blocks kept free when admitting a new request")
+        p.add_argument(
+            "--enable-prefix-caching",
+            action=argparse.BooleanOptionalAction,
+            default=cls.enable_prefix_caching,
+            help="reuse cached prompt prefixes (KV events need it)",
+        )
+        p.add_argument(
+            "--watermark",
+            type=float,
+            default=cls.watermark,
+            help="share of KV blocks kept free when admitting a new request",
+        )
         p.add_argument("--min-output-len", type=int, default=cls.min_output_len)
         p.add_argument("--max-output-len", type=int, default=cls.max_output_len)
-        p.add_argument("--startup-time", type=float, default=cls.startup_time,
-                       help="simulated model loading time in seconds")
+        p.add_argument(
+            "--startup-time",
+            type=float,
+            default=cls.startup_time,
+            help="simulated model loading time in seconds",
+        )
         return p
 
     @classmethod
-    def from_argv(cls, argv: Sequence[str], kv_block_size: int | None = None) -> "MockerConfig":
+    def from_argv(cls, argv: Sequence[str], kv_block_size: int | None = None) -> MockerConfig:
         ns = cls.parser().parse_args(list(argv))
         values = {f.name: getattr(ns, f.name) for f in fields(cls)}
         values["block_size"] = ns.block_size or kv_block_size or cls.block_size

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import xxhash
-
 from dynamo.mocker.config import DEFAULT_MODEL_PATH, MockerConfig
 from dynamo.mocker.kv_manager import KvManager
 from dynamo.mocker.scheduler import Scheduler, SchedulerConfig, Sequence
@@ -114,28 +113,27 @@ class MockerEngine(Engine):
             raise InvalidRequest("max_tokens must be non-negative", param="max_tokens")
         if max_tokens > room:
             raise InvalidRequest(
-                f"the prompt has {prompt_len} tokens and max_tokens is {max_tokens}, beyond the context length "
-                f"of {self.context_length}", param="max_tokens",
+                f"the prompt has {prompt_len} tokens and max_tokens is {max_tokens}, beyond the context "
+                f"length of {self.context_length}",
+                param="max_tokens",
             )
         return max_tokens
 
     def _rng(self, request: GenerateRequest) -> random.Random:
         seed = request.sampling.seed
         if seed is None:  # same prompt, same answer: deterministic without a seed too
-            seed = xxhash.xxh3_64_intdigest(b"".join(t.to_bytes(4, "little") for t in request.token_ids[-64:]))
+            tail = b"".join(t.to_bytes(4, "little") for t in request.token_ids[-64:])
+            seed = xxhash.xxh3_64_intdigest(tail)
         return random.Random(seed)
 
     def _sequence(self, request: GenerateRequest, limit: int) -> Sequence:
         rng = self._rng(request)
-        cfg = self.config
-        top = request.output.logprobs
-        words = self._words
+        cfg, stop, top, words = self.config, request.stop, request.output.logprobs, self._words
+        with_logprobs = None if top is None else (lambda token, step: _logprob_delta(token, step, top, words))
         return Sequence(
             request_id=request.request_id, tokens=list(request.token_ids), rng=rng, words=words, limit=limit,
-            natural_len=rng.randint(cfg.min_output_len, cfg.max_output_len),
-            min_tokens=request.stop.min_tokens or 0, ignore_eos=request.stop.ignore_eos,
-            stop_ids=frozenset(request.stop.stop_token_ids),
-            token_delta=None if top is None else (lambda token, step: _logprob_delta(token, step, top, words)),
+            natural_len=rng.randint(cfg.min_output_len, cfg.max_output_len), min_tokens=stop.min_tokens or 0,
+            ignore_eos=stop.ignore_eos, stop_ids=frozenset(stop.stop_token_ids), token_delta=with_logprobs,
         )
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
@@ -197,5 +195,7 @@ def _logprob_delta(token: int, step: int, top: int, words: list[int]) -> Delta:
     for i in range(1, 4 * top):
         if len(alternatives) >= top:
             break
-        alternatives.setdefault(words[(h >> (i % 8 * 8)) % len(words) - i], round(lp - 0.5 * len(alternatives), 3))
+        alternatives.setdefault(
+            words[(h >> (i % 8 * 8)) % len(words) - i], round(lp - 0.5 * len(alternatives), 3)
+        )
     return Delta([token], logprobs=[lp], top_logprobs=[alternatives] if top else None)

@@ -194,7 +194,12 @@ class KvManager:
         """One ``STORED`` event per cached block, parents before children."""
         blocks = sorted(self._cached.items(), key=lambda item: item[1].depth)
         return [
-            KvEvent(kind=KvEventKind.STORED, block_hashes=[bid], parent_hash=b.parent, token_ids=list(b.tokens),
-                    block_size=self.block_size)
+            KvEvent(
+                kind=KvEventKind.STORED,
+                block_hashes=[bid],
+                parent_hash=b.parent,
+                token_ids=list(b.tokens),
+                block_size=self.block_size,
+            )
             for bid, b in blocks
         ]

@@ -95,8 +95,7 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KvManager,
-                 sleep: Callable[[float], object] | None = None) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KvManager) -> None:
         self.config = config
         self.kv = kv
         self.waiting: deque[Sequence] = deque()
@@ -232,7 +231,8 @@ class Scheduler:
         seconds = timing.prefill_seconds(prefill_tokens) / cfg.speedup_ratio
         if decodes:
             utilisation = self.kv.active_blocks / self.kv.num_blocks
-            seconds += timing.decode_step_seconds(utilisation) / (cfg.speedup_ratio * cfg.decode_speedup_ratio)
+            divisor = cfg.speedup_ratio * cfg.decode_speedup_ratio
+            seconds += timing.decode_step_seconds(utilisation) / divisor
         return seconds
 
     def complete(self, batch: list[tuple[Sequence, int]]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any
 
-from dynamo.router.base import RouteRequest, Router, Worker
+from dynamo.router.base import Router, RouteRequest, Worker
 
 if TYPE_CHECKING:
     from dynamo.runtime.records import ModelCard
@@ -33,7 +33,7 @@ def create_router(mode: RouterMode | str, **options: object) -> Router:
     if mode is RouterMode.LEAST_LOADED:
         from dynamo.router.basic import LeastLoadedRouter
 
-        return LeastLoadedRouter()
+        return LeastLoadedRouter(**options)  # type: ignore[arg-type]
     from dynamo.router.kv import KvRouter
 
     return KvRouter(**options)  # type: ignore[arg-type]
@@ -44,13 +44,18 @@ def router_for_model(settings: Any, card: ModelCard) -> Router:
 
     In KV mode the router hashes blocks of the model card's KV block size, unless the frontend's
     ``--kv-cache-block-size`` overrides it, and follows the workers' events on the event plane
-    (unless ``--no-router-kv-events``).
+    (unless ``--no-router-kv-events``). The least-loaded router also reads the load workers publish.
     """
     mode = RouterMode(settings.router_mode)
-    if mode is not RouterMode.KV:
+    if mode not in (RouterMode.KV, RouterMode.LEAST_LOADED):
         return create_router(mode)
-    from dynamo.router.kv import KvRouterConfig
     from dynamo.runtime.events import create_subscriber
+
+    if mode is RouterMode.LEAST_LOADED:  # also reads the load workers publish
+        from dynamo.router.load import LoadMonitor
+
+        return create_router(mode, monitor=LoadMonitor(create_subscriber(settings)))
+    from dynamo.router.kv import KvRouterConfig
 
     block_size = settings.kv_cache_block_size or card.kv_cache_block_size
     config = KvRouterConfig.from_settings(settings, block_size, card.display_name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -28,10 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-
 from dynamo.plugin.capabilities import LoadMetrics
 from dynamo.router import metrics
-from dynamo.router.base import RouteRequest, Router, Worker
+from dynamo.router.base import Router, RouteRequest, Worker
 from dynamo.router.hashing import sequence_hashes
 from dynamo.router.kv_events import FeedState, WorkerFeed
 from dynamo.router.kv_index import KvIndex, RoutedBlocks
@@ -59,7 +59,7 @@ class KvRouterConfig:
     model: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Any, block_size: int, model: str = "") -> "KvRouterConfig":
+    def from_settings(cls, settings: Any, block_size: int, model: str = "") -> KvRouterConfig:
         """From the frontend's settings (its ``router_*`` fields)."""
         return cls(
             block_size=block_size,
@@ -108,6 +108,8 @@ class KvRouter(Router):
         self.active = ActiveLoad()
         self.loads: dict[int, LoadMetrics] = {}
         self.feeds: dict[int, WorkerFeed] = {}
+        #: workers whose block size differs from the router's: never credited with a cache
+        self.ignored: set[int] = set()
         self.routed: RoutedBlocks | None = None
         if not config.use_kv_events:
             self.routed = RoutedBlocks(self.index, config.ttl_secs, config.max_tree_size,
@@ -124,21 +126,22 @@ class KvRouter(Router):
     # -- workers ------------------------------------------------------------------------------------
     def add_worker(self, worker: Worker) -> None:
         iid = worker.instance_id
-        if not self.config.use_kv_events:
-            return
-        feed = WorkerFeed(iid, self.index, lambda reason, iid=iid: self._request_snapshot(iid, reason), self._model)
-        self.feeds[iid] = feed
         card_size = worker.card.kv_cache_block_size
-        if card_size != self.block_size:
+        mismatch = card_size != self.block_size
+        if mismatch:
             log.error(
                 "worker %x serves model %r with KV block size %d but this router hashes blocks of %d tokens "
-                "(--kv-cache-block-size); its KV events are IGNORED and it is routed to by load only",
+                "(--kv-cache-block-size); its cache is IGNORED and it is routed to by load only",
                 iid, worker.card.display_name, card_size, self.block_size,
             )
-            feed.ignore(f"model card block size {card_size} != {self.block_size}")
-        if self._subscriber is None:
+            self.ignored.add(iid)
+        if not self.config.use_kv_events:
             return
-        if not self._subscriber.follow(iid, worker.record.transport):
+        feed = WorkerFeed(iid, self.index, functools.partial(self._request_snapshot, iid), self._model)
+        self.feeds[iid] = feed
+        if mismatch:
+            feed.ignore(f"model card block size {card_size} != {self.block_size}")
+        if self._subscriber is not None and not self._subscriber.follow(iid, worker.record.transport):
             log.warning(
                 "worker %x (engine %s) publishes no KV events on this event plane: KV routing sees it as "
                 "having an empty cache (for engines without events use --no-router-kv-events)",
@@ -152,6 +155,7 @@ class KvRouter(Router):
         if task is not None:
             task.cancel()
         self.feeds.pop(instance_id, None)
+        self.ignored.discard(instance_id)
         self.loads.pop(instance_id, None)
         self.active.remove_worker(instance_id)
         if self.routed is not None:
@@ -170,9 +174,13 @@ class KvRouter(Router):
         active = self.active
         credit, scale = cfg.overlap_score_credit, cfg.prefill_load_scale
         costs = [
-            kv_cost(active.prefill_blocks(w.instance_id) + prompt_blocks, overlaps.get(w.instance_id, 0),
-                    active.decode_blocks(w.instance_id) + prompt_blocks,
-                    overlap_credit=credit, prefill_load_scale=scale)
+            kv_cost(
+                active.prefill_blocks(w.instance_id) + prompt_blocks,
+                overlaps.get(w.instance_id, 0),
+                active.decode_blocks(w.instance_id) + prompt_blocks,
+                overlap_credit=credit,
+                prefill_load_scale=scale,
+            )
             for w in workers
         ]
         chosen = workers[choose(costs, cfg.temperature, self._rng)]
@@ -186,10 +194,17 @@ class KvRouter(Router):
         return chosen
 
     @staticmethod
-    def _log_decision(request: RouteRequest, workers: list[Worker], overlaps: dict[int, int],
-                      costs: list[float], chosen: Worker, blocks: int) -> None:
+    def _log_decision(
+        request: RouteRequest,
+        workers: list[Worker],
+        overlaps: dict[int, int],
+        costs: list[float],
+        chosen: Worker,
+        blocks: int,
+    ) -> None:
         detail = ", ".join(
-            f"{w.instance_id:x}: overlap={overlaps.get(w.instance_id, 0)} cost={c:.2f}" for w, c in zip(workers, costs)
+            f"{w.instance_id:x}: overlap={overlaps.get(w.instance_id, 0)} cost={c:.2f}"
+            for w, c in zip(workers, costs, strict=True)
         )
         log.debug("route %s (%d blocks) -> %x | %s", request.request_id, blocks, chosen.instance_id, detail)
 
@@ -198,8 +213,10 @@ class KvRouter(Router):
         if decision is None:
             return
         uncached = max(decision.prompt_blocks - decision.overlap, 0.0)
-        self.active.add(request.request_id, worker.instance_id, decision.hashes, decision.prompt_blocks, uncached)
-        if self.routed is not None:
+        self.active.add(
+            request.request_id, worker.instance_id, decision.hashes, decision.prompt_blocks, uncached
+        )
+        if self.routed is not None and worker.instance_id not in self.ignored:
             self.routed.record(worker.instance_id, decision.hashes)
 
     def on_first_token(self, worker: Worker, request: RouteRequest) -> None:
@@ -229,9 +246,15 @@ class KvRouter(Router):
     def _request_snapshot(self, worker_id: int, reason: str) -> None:
         if self._subscriber is None or worker_id in self._resyncs:
             return
-        task = asyncio.get_running_loop().create_task(self._resync(worker_id, reason), name=f"kv-resync-{worker_id:x}")
+        task = asyncio.get_running_loop().create_task(
+            self._resync(worker_id, reason), name=f"kv-resync-{worker_id:x}"
+        )
         self._resyncs[worker_id] = task
-        task.add_done_callback(lambda t, w=worker_id: self._resyncs.pop(w, None) if self._resyncs.get(w) is t else None)
+        task.add_done_callback(lambda done: self._resync_done(worker_id, done))
+
+    def _resync_done(self, worker_id: int, task: asyncio.Task[None]) -> None:
+        if self._resyncs.get(worker_id) is task:
+            del self._resyncs[worker_id]
 
     async def _resync(self, worker_id: int, reason: str) -> None:
         assert self._subscriber is not None
@@ -241,7 +264,9 @@ class KvRouter(Router):
             if feed is None or feed.state is not FeedState.SYNCING:
                 return
             try:
-                payload = await self._subscriber.query(worker_id, m.KV_SNAPSHOT, b"", self.config.snapshot_timeout)
+                payload = await self._subscriber.query(
+                    worker_id, m.KV_SNAPSHOT, b"", self.config.snapshot_timeout
+                )
                 snapshot = m.decode_snapshot(payload)
             except (EventPlaneError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.debug("worker %x: KV snapshot failed (%s); retrying in %.1fs", worker_id, exc, delay)
@@ -250,8 +275,13 @@ class KvRouter(Router):
                 continue
             feed.on_snapshot(snapshot.last_event_id, snapshot.events)
             metrics.RESYNCS.labels(self._model, reason).inc()
-            log.info("worker %x: KV index synchronised (%s): %d blocks as of event %d",
-                     worker_id, reason, self.index.blocks_of(worker_id), snapshot.last_event_id)
+            log.info(
+                "worker %x: KV index synchronised (%s): %d blocks as of event %d",
+                worker_id,
+                reason,
+                self.index.blocks_of(worker_id),
+                snapshot.last_event_id,
+            )
             reason, delay = "gap", 0.1  # replaying the buffer may have found a new gap: loop checks
 
     async def aclose(self) -> None:

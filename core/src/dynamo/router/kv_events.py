@@ -99,9 +99,12 @@ class WorkerFeed:
         if event.block_size and event.block_size != self.block_size:
             log.error(
                 "worker %x publishes KV events for blocks of %d tokens but this router hashes blocks of %d "
-                "tokens (the model card's or --kv-cache-block-size); its KV events are IGNORED and KV routing "
-                "treats it as having an empty cache. Start the worker and the frontend with one block size.",
-                self.worker_id, event.block_size, self.block_size,
+                "tokens (the model card's or --kv-cache-block-size); its KV events are IGNORED and KV "
+                "routing treats it as having an empty cache. Start the worker and the frontend with one "
+                "block size.",
+                self.worker_id,
+                event.block_size,
+                self.block_size,
             )
             self._count_ignored("block_size_mismatch", 1)
             self.ignore(f"block size {event.block_size} != {self.block_size}")

@@ -140,15 +140,18 @@ class KvIndex:
         if event.parent_hash is not None:
             parent = ids.get(event.parent_hash)
             if parent is None:
-                raise KvEventError(f"stored blocks follow block {event.parent_hash:#x}, which the worker never stored")
+                raise KvEventError(
+                    f"stored blocks follow block {event.parent_hash:#x}, which the worker never stored"
+                )
         count = len(event.block_hashes)
         if len(event.token_ids) != count * self.block_size:
             raise KvEventError(
-                f"{count} stored block(s) of {self.block_size} tokens came with {len(event.token_ids)} token ids"
+                f"{count} stored block(s) of {self.block_size} tokens came with "
+                f"{len(event.token_ids)} token ids"
             )
         hashes = sequence_hashes(event.token_ids, self.block_size, parent)
         fresh: list[int] = []
-        for engine_id, h in zip(event.block_hashes, hashes):
+        for engine_id, h in zip(event.block_hashes, hashes, strict=True):
             old = ids.get(engine_id)
             if old == h:
                 continue  # stored again: nothing changes
@@ -167,8 +170,9 @@ class RoutedBlocks:
     ``prune_target_ratio * max_size``.
     """
 
-    def __init__(self, index: KvIndex, ttl: float, max_size: int, prune_target_ratio: float,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, index: KvIndex, ttl: float, max_size: int, prune_target_ratio: float, clock: Callable[[], float]
+    ) -> None:
         self.index = index
         self.ttl = ttl
         self.max_size = max_size

@@ -1,15 +1,23 @@
-"""Load tracking: the KV blocks of the requests this router has in flight, per worker.
+"""Load tracking: what routers know of each worker's load.
 
-A request adds its prompt blocks when it is routed and releases them when it ends; its uncached
-prompt blocks also count as *prefill* load until its first token arrives. Blocks that several
-in-flight requests on one worker share (same sequence hash) count once, as they do in the
-engine's memory. Only this router's own requests are seen: it is exact for one frontend and a
+``ActiveLoad``: the KV blocks of the requests this router has in flight, per worker (the KV
+router's cost). ``LoadMonitor``: the load workers publish (the least-loaded router's tie-breaker
+and its view of other frontends' requests).
+
+For ``ActiveLoad``, a request adds its prompt blocks when it is routed and releases them when it
+ends; its uncached prompt blocks also count as *prefill* load until its first token arrives.
+Blocks that several in-flight requests on one worker share (same sequence hash) count once, as
+they do in the engine's memory. Only this router's own requests are seen: it is exact for one frontend and a
 lower bound with several.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dynamo.plugin.capabilities import LoadMetrics
+from dynamo.router.base import Worker
+from dynamo.runtime.events import EventSubscriber, messages
 
 
 @dataclass(slots=True)
@@ -40,7 +48,9 @@ class ActiveLoad:
         """Uncached prompt blocks of this router's requests on ``worker`` still being prefilled."""
         return self._prefill.get(worker, 0.0)
 
-    def add(self, request_id: str, worker: int, hashes: list[int], prompt_blocks: float, uncached: float) -> None:
+    def add(
+        self, request_id: str, worker: int, hashes: list[int], prompt_blocks: float, uncached: float
+    ) -> None:
         if request_id in self._requests:
             self.remove(request_id)
         partial = max(prompt_blocks - len(hashes), 0.0)
@@ -82,3 +92,30 @@ class ActiveLoad:
         self._refs.pop(worker, None)
         self._partial.pop(worker, None)
         self._prefill.pop(worker, None)
+
+
+class LoadMonitor:
+    """The load each followed worker last published on the event plane (``kv-metrics``).
+
+    Reports lag by up to the publishing interval (100 ms), but they count every frontend's
+    requests, and the engine's own queue, where a router's in-flight count sees only its own.
+    """
+
+    def __init__(self, subscriber: EventSubscriber) -> None:
+        self.subscriber = subscriber
+        self.loads: dict[int, LoadMetrics] = {}
+        subscriber.start([messages.KV_METRICS], self._on_message)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        report = messages.decode_load(payload)
+        self.loads[report.worker_id] = report.metrics
+
+    def follow(self, worker: Worker) -> None:
+        self.subscriber.follow(worker.instance_id, worker.record.transport)
+
+    def unfollow(self, instance_id: int) -> None:
+        self.subscriber.unfollow(instance_id)
+        self.loads.pop(instance_id, None)
+
+    async def aclose(self) -> None:
+        await self.subscriber.aclose()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 ROUTED = Counter("dynamo_router_kv_requests", "requests routed by the KV router", ["model"])
-PROMPT_BLOCKS = Counter("dynamo_router_kv_prompt_blocks", "full prompt blocks of KV-routed requests", ["model"])
+PROMPT_BLOCKS = Counter(
+    "dynamo_router_kv_prompt_blocks", "full prompt blocks of KV-routed requests", ["model"]
+)
 OVERLAP_BLOCKS = Counter(
     "dynamo_router_kv_overlap_blocks", "prompt blocks already cached on the worker chosen", ["model"]
 )

@@ -13,7 +13,6 @@ import contextlib
 import logging
 
 import msgspec
-
 from dynamo.plugin.capabilities import KvEvent, LoadMetrics, PublishesKvEvents, ReportsLoad
 from dynamo.plugin.engine import Engine
 from dynamo.runtime.events import EventPublisher
@@ -63,13 +62,17 @@ class WorkerEvents:
         self._flush_scheduled = False
         if self._pending:
             events, self._pending = self._pending, []
-            self.publisher.publish(m.KV_EVENTS, m.encode(m.KvEventBatch(worker_id=self.worker_id, events=events)))
+            self.publisher.publish(
+                m.KV_EVENTS, m.encode(m.KvEventBatch(worker_id=self.worker_id, events=events))
+            )
 
     def _snapshot(self, _: bytes) -> bytes:
         self._flush()  # events already numbered go out first, so the snapshot follows them
         assert isinstance(self.engine, PublishesKvEvents)
         events = self.engine.kv_snapshot()
-        return m.encode(m.KvSnapshot(worker_id=self.worker_id, last_event_id=self._next_id - 1, events=events))
+        return m.encode(
+            m.KvSnapshot(worker_id=self.worker_id, last_event_id=self._next_id - 1, events=events)
+        )
 
     # -- load --------------------------------------------------------------------------------------
     async def _report_load(self, engine: ReportsLoad) -> None:
@@ -84,7 +87,9 @@ class WorkerEvents:
                 log.exception("load_metrics() failed")
                 continue
             if load != last or quiet >= HEARTBEAT_SECONDS:
-                self.publisher.publish(m.KV_METRICS, m.encode(m.LoadReport(worker_id=self.worker_id, metrics=load)))
+                self.publisher.publish(
+                    m.KV_METRICS, m.encode(m.LoadReport(worker_id=self.worker_id, metrics=load))
+                )
                 last, quiet = load, 0.0
 
     async def aclose(self) -> None:

@@ -65,7 +65,7 @@ class EventSubscriber(abc.ABC):
         """Stop receiving from a publisher (it left discovery)."""
 
     @abc.abstractmethod
-    async def query(self, publisher_id: int, topic: str, payload: bytes = b"", timeout: float = 5.0) -> bytes:
+    async def query(self, publisher_id: int, topic: str, payload: bytes = b"", timeout: float = 5.0) -> bytes:  # noqa: ASYNC109
         """Ask one followed publisher; raise ``EventPlaneError`` when no answer comes."""
 
     @abc.abstractmethod

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
-
 from dynamo.runtime.events.base import (
     ConnectHandler,
     EventPlaneError,
@@ -250,7 +249,7 @@ class DirectSubscriber(EventSubscriber):
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host.strip("[]"), int(port)), self.connect_timeout
                 )
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 log.debug("event plane: cannot reach %x at %s yet: %s", link.publisher_id, link.address, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay)
@@ -258,6 +257,8 @@ class DirectSubscriber(EventSubscriber):
             delay = 0.05
             try:
                 await self._receive(link, reader, writer)
+            except Exception:  # a bug in a handler must not end the subscription for good
+                log.exception("event plane: the connection to %x failed", link.publisher_id)
             finally:
                 link.connected.clear()
                 link.writer = None
@@ -296,7 +297,7 @@ class DirectSubscriber(EventSubscriber):
         else:
             fut.set_result(reply.payload)
 
-    async def query(self, publisher_id: int, topic: str, payload: bytes = b"", timeout: float = 5.0) -> bytes:
+    async def query(self, publisher_id: int, topic: str, payload: bytes = b"", timeout: float = 5.0) -> bytes:  # noqa: ASYNC109
         link = self._links.get(publisher_id)
         if link is None:
             raise EventPlaneError(f"publisher {publisher_id:x} is not followed")
@@ -304,7 +305,7 @@ class DirectSubscriber(EventSubscriber):
         deadline = loop.time() + timeout
         try:
             await asyncio.wait_for(link.connected.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EventPlaneError(f"publisher {publisher_id:x} at {link.address} is unreachable") from None
         assert link.writer is not None
         query_id = next(self._ids)
@@ -313,8 +314,10 @@ class DirectSubscriber(EventSubscriber):
         link.writer.write(_frame(Kind.QUERY, _encode(_Query(query_id, topic, payload))))
         try:
             return await asyncio.wait_for(fut, max(deadline - loop.time(), 0.001))
-        except asyncio.TimeoutError:
-            raise EventPlaneError(f"publisher {publisher_id:x} did not answer {topic!r} in {timeout}s") from None
+        except TimeoutError:
+            raise EventPlaneError(
+                f"publisher {publisher_id:x} did not answer {topic!r} in {timeout}s"
+            ) from None
         finally:
             link.pending.pop(query_id, None)
 

@@ -14,7 +14,6 @@ msgpack, versioned, tolerant of unknown fields (new fields get defaults, so old 
 from __future__ import annotations
 
 import msgspec
-
 from dynamo.plugin.capabilities import KvEvent, LoadMetrics
 
 KV_EVENTS = "kv-events"
