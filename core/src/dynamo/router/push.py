@@ -96,10 +96,11 @@ class PushRouter:
                 MIGRATIONS.labels(model, "ongoing_request").inc()
                 log.warning("request %s: worker lost after %d tokens (%s); migrating (%d/%d)",
                             request.request_id, len(generated), exc.message, migrations, self.migration_limit)
-                current = self._continuation(request, generated)
-                if current is None:  # nothing left to generate
+                continuation = self._continuation(request, generated)
+                if continuation is None:  # nothing left to generate
                     yield self._fix_usage(Delta([], FinishReason.LENGTH), request, generated)
                     return
+                current = continuation
 
     async def _attempt(self, model: str, router: Router, workers: Callable[[], list[Worker]],
                        request: GenerateRequest,
