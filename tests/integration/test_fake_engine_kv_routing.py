@@ -97,6 +97,7 @@ def test_repeated_prompts_go_back_to_the_worker_that_cached_them(
         before = served_counts(workers)
         for _ in range(3):
             client.completions.create(model=model, prompt=text, max_tokens=2)
+            time.sleep(0.3)  # this repeat's own KV events (and any resync they cause) reach the router
         delta = [a - b for a, b in zip(served_counts(workers), before, strict=True)]
         assert sorted(delta) == [0, 3], f"the repeats of one prompt should all go to one worker: {delta}"
         homes.append(delta.index(3))
